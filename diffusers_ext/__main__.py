@@ -1,0 +1,2 @@
+from diffusers_ext.cli import main
+main()

@@ -1,0 +1,106 @@
+"""The fused solver update: outputs are linear combinations of input tensors.
+
+``lincomb(out, coeffs, tensors, history=..., write_slot=...)`` computes, elementwise,
+
+    out[r] = sum_c coeffs[r, c] * inputs[c],   inputs = tensors + [history[0], ..., history[K-1]]
+
+accumulating in float32 whatever the storage dtype (fp32 / fp16 / bf16). With ``write_slot`` (a
+one-element int64 tensor on the device) the last row is written into ``history[write_slot]``, after
+every input has been read, so a solver can overwrite the oldest history entry in the same pass.
+The coefficients and the slot stay on the device: nothing here synchronizes with the host.
+
+On CUDA (or under ``TRITON_INTERPRET=1``) this is one Triton kernel: each input read once, each
+output written once. Elsewhere it is a short chain of in-place torch ops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .triton_lincomb import MAX_INPUTS, MAX_ROWS, triton_available, triton_lincomb
+
+__all__ = ["lincomb", "use_triton"]
+
+
+def use_triton(device: torch.device) -> bool:
+    """Triton runs on CUDA devices, or on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    if not triton_available():
+        return False
+    if device.type == "cuda":
+        return os.environ.get("DIFFUSERS_EXT_DISABLE_TRITON", "0") != "1"
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check(out, coeffs, tensors, history, write_slot):
+    n_rows = len(out) + (write_slot is not None)
+    n_cols = len(tensors) + (0 if history is None else history.shape[0])
+    if coeffs.dim() != 2 or tuple(coeffs.shape) != (n_rows, n_cols):
+        raise ValueError(f"coeffs must have shape ({n_rows}, {n_cols}) for {len(out)} outputs, "
+                         f"{len(tensors)} tensors and history {None if history is None else tuple(history.shape)}; "
+                         f"got {tuple(coeffs.shape)}")
+    if write_slot is not None and history is None:
+        raise ValueError("write_slot needs a history buffer")
+    shape = tensors[0].shape
+    for t in list(tensors) + [o for o in out if o is not None]:
+        if t.shape != shape:
+            raise ValueError(f"all tensors must have the same shape, got {tuple(t.shape)} and {tuple(shape)}")
+    if history is not None and history.shape[1:] != shape:
+        raise ValueError(f"history entries must have shape {tuple(shape)}, got {tuple(history.shape[1:])}")
+
+
+def lincomb(out, coeffs: torch.Tensor, tensors: Sequence[torch.Tensor], *, history: torch.Tensor | None = None,
+            write_slot: torch.Tensor | None = None, columns: Sequence[Sequence[int]] | None = None):
+    """Fused linear combination; see the module docstring.
+
+    Args:
+        out: one output tensor, or a list with one entry per output row; ``None`` entries are allocated
+            (dtype of ``tensors[0]``). With ``write_slot`` the history row comes after these.
+        coeffs: float32 tensor of shape (rows, len(tensors) + K) (or 1-D for a single output).
+        tensors: input tensors of one shape.
+        history: optional buffer of shape (K, *shape) whose entries follow ``tensors`` as inputs.
+        write_slot: optional int64 tensor of one element: the history entry the last row is written to.
+        columns: optional, per row, the columns that can be nonzero (lets the torch path skip the rest).
+    Returns:
+        The list of output tensors (a single tensor if ``out`` was a tensor).
+    """
+    single = isinstance(out, torch.Tensor)
+    outs = [out] if single else list(out)
+    if coeffs.dim() == 1:
+        coeffs = coeffs.unsqueeze(0)
+    tensors = list(tensors)
+    _check(outs, coeffs, tensors, history, write_slot)
+    fits = len(tensors) <= 4 and coeffs.shape[0] <= MAX_ROWS and coeffs.shape[1] <= MAX_INPUTS and len(outs) <= 2
+    if fits and use_triton(tensors[0].device):
+        outs = [torch.empty_like(tensors[0]) if o is None else o for o in outs]
+        triton_lincomb(outs, coeffs, tensors, history, write_slot)
+    else:
+        outs = _torch_lincomb(outs, coeffs, tensors, history, write_slot, columns)
+    return outs[0] if single else outs
+
+
+def _torch_lincomb(outs, coeffs, tensors, history, write_slot, columns):
+    inputs = tensors + ([] if history is None else list(history.unbind(0)))
+    coeffs = coeffs.to(device=inputs[0].device, dtype=torch.float32)
+    n_rows = coeffs.shape[0]
+    if columns is None:
+        columns = [range(coeffs.shape[1])] * n_rows
+    results = []
+    for r in range(n_rows):
+        cols = list(columns[r]) or [0]
+        acc = inputs[cols[0]].to(torch.float32) * coeffs[r, cols[0]]
+        for c in cols[1:]:
+            acc.addcmul_(inputs[c], coeffs[r, c])
+        results.append(acc)
+    # every read is done: now write (the history row may overwrite an input)
+    final = []
+    for o, acc in zip(outs, results):
+        if o is None:  # a fresh output in the inputs' dtype
+            final.append(acc if acc.dtype == tensors[0].dtype else acc.to(tensors[0].dtype))
+        else:
+            final.append(o.copy_(acc))
+    if write_slot is not None:
+        history.index_copy_(0, write_slot.reshape(1).to(history.device), results[-1].unsqueeze(0).to(history.dtype))
+    return final

@@ -1,0 +1,5 @@
+"""Embedded reference models (nothing is downloaded)."""
+
+from .gmm import GaussianMixtureDenoiser
+
+__all__ = ["GaussianMixtureDenoiser"]

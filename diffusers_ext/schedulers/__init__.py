@@ -1,0 +1,7 @@
+"""Solver schedulers: the shared core (schedules, grids, conversion, plan, base) and one module per family."""
+
+from .base import SolverScheduler
+from .dpm_solver_pp import DPMSolverPPScheduler
+from .unipc import UniPCScheduler
+
+__all__ = ["SolverScheduler", "DPMSolverPPScheduler", "UniPCScheduler"]

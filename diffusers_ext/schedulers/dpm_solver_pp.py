@@ -1,0 +1,168 @@
+"""DPM-Solver++ (arXiv 2211.01095): multistep 1-3, singlestep 2S/3S, SDE-DPM-Solver++(2M).
+
+Data prediction m, lambda = log(alpha / sigma), h = lambda_t - lambda_s, phi1 = expm1(-h):
+
+    1st order:  x_t = (sigma_t / sigma_s) x - alpha_t phi1 m0
+    2M:         r0 = h0 / h, D1 = (m0 - m1) / r0,  x_t = ... - 0.5 alpha_t phi1 D1          (midpoint)
+    3M:         D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1),
+                x_t = (sigma_t / sigma_s) x - alpha_t phi1 m0 + alpha_t phi2 D1 - alpha_t phi3 D2
+                with phi2 = phi1 / h + 1, phi3 = phi2 / h - 0.5.
+
+The SDE variant (arXiv 2211.01095, section 5) replaces exp(-h) by exp(-2h) in the data terms and adds
+sigma_t sqrt(1 - exp(-2h)) noise. Warm-up uses lower orders; like diffusers, the last steps drop to lower
+orders below 15 steps (``lower_order_final``) and the step into sigma = 0 is first order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import SolverScheduler
+from .plan import Grid
+from .step_rule import NOISE, SAVED, X, M, StepRule
+
+ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+def singlestep_orders(num_steps: int, order: int, lower_order_final: bool, final_zero: bool) -> list[int]:
+    """Order of each step of singlestep DPM-Solver: blocks 1, 2, .., order (diffusers' partition)."""
+    if lower_order_final:
+        full, rest = divmod(num_steps, order)
+        if order == 3:
+            orders = [1, 2, 3] * (full - 1) + [1, 2, 1] if rest == 0 else [1, 2, 3] * full + list(range(1, rest + 1))
+        elif order == 2:
+            orders = [1, 2] * (full - 1) + [1, 1] if rest == 0 else [1, 2] * full + [1]
+        else:
+            orders = [1] * num_steps
+    else:
+        orders = (list(range(1, order + 1)) * (num_steps // order + 1))[:num_steps]
+    if final_zero:
+        orders[-1] = 1
+    return orders
+
+
+class DPMSolverPPScheduler(SolverScheduler):
+    """DPM-Solver++ as a diffusers scheduler (arXiv 2211.01095).
+
+    Options (diffusers' names): ``solver_order`` 1-3, ``algorithm_type`` "dpmsolver++" or
+    "sde-dpmsolver++", ``solver_type`` "midpoint" or "heun", ``singlestep`` (2S/3S instead of multistep),
+    ``lower_order_final``, ``euler_at_final``, ``thresholding`` and every grid / schedule option of
+    ``SolverScheduler``.
+    """
+
+    family_options = {
+        "algorithm_type": "dpmsolver++",
+        "solver_type": "midpoint",
+        "singlestep": False,
+        "euler_at_final": False,
+    }
+    target = "data"
+
+    def validate_family_config(self) -> None:
+        cfg = self.config
+        if cfg.algorithm_type not in ALGORITHM_TYPES:
+            raise ValueError(f"Unknown algorithm_type {cfg.algorithm_type!r}; valid choices: {ALGORITHM_TYPES}")
+        if cfg.solver_type not in SOLVER_TYPES:
+            raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {SOLVER_TYPES}")
+        if cfg.singlestep and cfg.algorithm_type != "dpmsolver++":
+            raise ValueError("singlestep=True supports algorithm_type='dpmsolver++' only")
+        if cfg.singlestep and cfg.solver_order == 1:
+            self.register_to_config(singlestep=False)
+
+    @property
+    def history_size(self) -> int:
+        return self.config.solver_order - 1
+
+    @property
+    def uses_saved_sample(self) -> bool:
+        return self.config.singlestep
+
+    @property
+    def stochastic(self) -> bool:
+        return self.config.algorithm_type == "sde-dpmsolver++"
+
+    # ------------------------------------------------------------------------------------- rules
+    def _multistep_order(self, grid: Grid, i: int, n: int) -> int:
+        cfg, N = self.config, grid.num_steps
+        order = cfg.solver_order
+        short = cfg.lower_order_final and N < 15
+        if i == N - 1 and (cfg.euler_at_final or short or cfg.final_sigmas_type == "zero"):
+            order = 1
+        if i == N - 2 and short:
+            order = min(order, 2)
+        order = min(order, n + 1)
+        # a point at infinite lambda carries no derivative information
+        while order > 1 and not np.all(np.isfinite(grid.lam[i - order + 1: i + 2])):
+            order -= 1
+        return order
+
+    def step_rule(self, grid: Grid, i: int, n: int) -> StepRule:
+        if self.config.singlestep:
+            return self._singlestep_rule(grid, i, n)
+        order = self._multistep_order(grid, i, n)
+        lam, alpha, sigma = grid.lam, grid.alpha, grid.sigma
+        t, s0 = i + 1, i
+        h = lam[t] - lam[s0]
+        a_t = alpha[t]
+        sde = self.config.algorithm_type == "sde-dpmsolver++"
+        if sde:
+            base = (sigma[t] / sigma[s0] * np.exp(-h)) * X + NOISE * (sigma[t] * np.sqrt(-np.expm1(-2.0 * h)))
+            phi1 = np.expm1(-2.0 * h)  # plays the role of expm1(-h) in the data terms
+            hh = 2.0 * h
+        else:
+            base = (sigma[t] / sigma[s0]) * X
+            phi1 = np.expm1(-h)
+            hh = h
+        x_next = base - (a_t * phi1) * M(0)
+        if order == 2:
+            r0 = (lam[s0] - lam[s0 - 1]) / h
+            d1 = (M(0) - M(1)) / r0
+            if self.config.solver_type == "midpoint":
+                x_next = x_next - (0.5 * a_t * phi1) * d1
+            else:
+                x_next = x_next + (a_t * (phi1 / hh + 1.0)) * d1
+        elif order == 3:
+            r0 = (lam[s0] - lam[s0 - 1]) / h
+            r1 = (lam[s0 - 1] - lam[s0 - 2]) / h
+            d1_0, d1_1 = (M(0) - M(1)) / r0, (M(1) - M(2)) / r1
+            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi2 = phi1 / hh + 1.0
+            # ODE: phi3 = phi2 / h - 0.5; the exp(-2h) integrator of the SDE flips the constant
+            phi3 = (phi1 + hh) / hh**2 + (0.5 if sde else -0.5)
+            x_next = x_next + (a_t * phi2) * d1 - (a_t * phi3) * d2
+        return StepRule(x_next)
+
+    def _singlestep_rule(self, grid: Grid, i: int, n: int) -> StepRule:
+        cfg, N = self.config, grid.num_steps
+        orders = singlestep_orders(N - (i - n), cfg.solver_order, cfg.lower_order_final,
+                                   cfg.final_sigmas_type == "zero")
+        j = orders[n] - 1  # position in the block; the block started at step i - j
+        lam, alpha, sigma = grid.lam, grid.alpha, grid.sigma
+        b, t = i - j, i + 1
+        base = X if j == 0 else SAVED
+        h = lam[t] - lam[b]
+        phi1 = np.expm1(-h)
+        a_t = alpha[t]
+        m_b = M(j)  # the output at the block start
+        x_next = (sigma[t] / sigma[b]) * base - (a_t * phi1) * m_b
+        if j == 1:
+            r0 = (lam[i] - lam[b]) / h
+            d1 = (M(0) - m_b) / r0
+            if cfg.solver_type == "midpoint":
+                x_next = x_next - (0.5 * a_t * phi1) * d1
+            else:
+                x_next = x_next + (a_t * (phi1 / h + 1.0)) * d1
+        elif j == 2:
+            r0, r1 = (lam[i] - lam[b]) / h, (lam[i - 1] - lam[b]) / h
+            d1_0, d1_1 = (M(1) - m_b) / r1, (M(0) - m_b) / r0
+            phi2 = phi1 / h + 1.0
+            if cfg.solver_type == "midpoint":
+                x_next = x_next + (a_t * phi2) * d1_1
+            else:
+                d1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
+                d2 = 2.0 * (d1_1 - d1_0) / (r0 - r1)
+                x_next = x_next + (a_t * phi2) * d1 - (a_t * ((phi1 + h) / h**2 - 0.5)) * d2
+        return StepRule(x_next, saved_next=X if j == 0 else SAVED)
+

@@ -1,0 +1,159 @@
+"""Timestep grids: where a sampler evaluates the model.
+
+A grid is ``num_inference_steps`` strictly decreasing model times (the evaluation points) followed by
+one terminal time (sigma = 0 by default). Names follow diffusers where the concept exists:
+
+- time-based: ``linspace``, ``leading``, ``trailing`` (diffusers' rules, Table 2 of arXiv 2305.08891;
+  integer times on discrete schedules), ``quadratic`` (DEIS, arXiv 2204.13902);
+- sigma-based: ``logsnr`` (uniform in lambda, DPM-Solver arXiv 2206.00927; diffusers' ``use_lu_lambdas``),
+  ``karras`` (EDM rho = 7, arXiv 2206.00364), ``exponential`` (uniform in log sigma), ``beta``
+  (arXiv 2407.12173, alpha = beta = 0.6);
+- explicit ``timesteps=`` (model times) or ``sigmas=`` (rho = sigma/alpha for VP schedules; flow sigmas,
+  before the shift, for flow matching, as diffusers' FlowMatchEulerDiscreteScheduler takes them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .noise_schedules import FlowMatching, NoiseSchedule, VPDiscrete
+
+TIME_SPACINGS = ("linspace", "leading", "trailing", "quadratic")
+SIGMA_SPACINGS = ("logsnr", "karras", "exponential", "beta")
+SPACINGS = TIME_SPACINGS + SIGMA_SPACINGS
+FINAL_SIGMA_TYPES = ("zero", "sigma_min")
+
+
+def resolve_spacing(config) -> str:
+    """The grid a scheduler config asks for; diffusers' ``use_*_sigmas`` flags win over ``timestep_spacing``."""
+    flags = [name for name, flag in (("karras", "use_karras_sigmas"), ("exponential", "use_exponential_sigmas"),
+                                     ("beta", "use_beta_sigmas"), ("logsnr", "use_lu_lambdas"))
+             if config.get(flag, False)]
+    if len(flags) > 1:
+        raise ValueError(f"Only one sigma grid flag may be set, got {flags}")
+    spacing = flags[0] if flags else config["timestep_spacing"]
+    if spacing not in SPACINGS:
+        raise ValueError(f"Unknown timestep_spacing {spacing!r}; valid choices: {', '.join(SPACINGS)}")
+    return spacing
+
+
+def shift_flow_sigmas(sigmas, shift: float = 1.0, mu: float | None = None, time_shift_type: str = "exponential"):
+    """Flow-matching resolution shift (SD3, arXiv 2403.03206) or dynamic shift with ``mu`` (Flux)."""
+    s = np.asarray(sigmas, dtype=np.float64)
+    if mu is None:
+        return shift * s / (1.0 + (shift - 1.0) * s)
+    with np.errstate(divide="ignore"):
+        odds = 1.0 / s - 1.0
+    if time_shift_type == "exponential":
+        return math.exp(mu) / (math.exp(mu) + odds)
+    if time_shift_type == "linear":
+        return mu / (mu + odds)
+    raise ValueError(f"Unknown time_shift_type {time_shift_type!r}; valid choices: 'exponential', 'linear'")
+
+
+def _discrete_time_grid(num_steps: int, spacing: int, num_train: int, steps_offset: int) -> np.ndarray:
+    """diffusers' integer grids (DPMSolverMultistep / UniPC rules)."""
+    if spacing == "linspace":
+        raw = np.linspace(0, num_train - 1, num_steps + 1)[::-1][:-1]
+        rounded = raw.round()
+        # rounding collapses neighbours when num_steps is close to num_train: keep the exact times then
+        return rounded if np.all(np.diff(rounded) < 0) else raw
+    if spacing == "leading":
+        ratio = num_train // (num_steps + 1)
+        times = (np.arange(0, num_steps + 1) * ratio).round()[::-1][:-1] + steps_offset
+    else:  # trailing
+        times = np.arange(num_train, 0, -num_train / num_steps).round() - 1
+    if len(times) != num_steps or not np.all(np.diff(times) < 0):
+        raise ValueError(f"timestep_spacing={spacing!r} gives repeated timesteps for {num_steps} steps of "
+                         f"{num_train}; use 'linspace' or fewer steps")
+    return times.astype(np.float64)
+
+
+def _sigma_grid(kind: str, s_max: float, s_min: float, n: int) -> np.ndarray:
+    ramp = np.linspace(0.0, 1.0, n)
+    if kind == "karras":
+        rho = 7.0
+        return (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    if kind == "exponential":
+        return np.exp(np.log(s_max) + ramp * (np.log(s_min) - np.log(s_max)))
+    import scipy.stats
+
+    return s_min + scipy.stats.beta.ppf(1.0 - ramp, 0.6, 0.6) * (s_max - s_min)
+
+
+def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, *, spacing: str = "linspace",
+               timesteps=None, sigmas=None, final_sigmas_type: str = "zero", steps_offset: int = 0,
+               flow_shift: float = 1.0, mu: float | None = None, time_shift_type: str = "exponential") -> np.ndarray:
+    """Model times of the evaluation points plus the terminal time, shape (N + 1,), float64."""
+    if final_sigmas_type not in FINAL_SIGMA_TYPES:
+        raise ValueError(f"Unknown final_sigmas_type {final_sigmas_type!r}; valid choices: {FINAL_SIGMA_TYPES}")
+    given = [name for name, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+                                  ("sigmas", sigmas)) if v is not None]
+    if not given:
+        raise ValueError("set_timesteps needs one of num_inference_steps, timesteps or sigmas")
+    if timesteps is not None and sigmas is not None:
+        raise ValueError("Pass either timesteps= or sigmas=, not both")
+    flow = isinstance(schedule, FlowMatching)
+    custom = timesteps if timesteps is not None else sigmas
+    if custom is not None:
+        custom = np.asarray(custom.cpu() if hasattr(custom, "cpu") else custom, dtype=np.float64).reshape(-1)
+        name = "timesteps" if timesteps is not None else "sigmas"
+        if num_inference_steps is not None and len(custom) != num_inference_steps:
+            raise ValueError(f"{name}= has {len(custom)} entries but num_inference_steps={num_inference_steps}; "
+                             f"they must match (one entry per model call, the terminal is appended)")
+        if len(custom) < 1 or not np.all(np.isfinite(custom)) or not np.all(np.diff(custom) < 0):
+            raise ValueError(f"{name}= must be finite and strictly decreasing (one entry per model call), "
+                             f"got {custom.tolist()[:8]}")
+        if timesteps is not None:
+            times = custom
+        elif flow:
+            times = schedule.t_of_grid_sigma(shift_flow_sigmas(custom, flow_shift, mu, time_shift_type))
+        else:
+            if custom[-1] <= 0:
+                raise ValueError("sigmas= must be positive; the terminal sigma is appended per final_sigmas_type")
+            times = schedule.t_of_grid_sigma(custom)
+        lo, hi = min(schedule.t_min, schedule.t_clean), schedule.t_max
+        if times[0] > hi + 1e-9 or times[-1] < lo - 1e-9:
+            raise ValueError(f"{name}= reaches outside the schedule's model-time range [{lo:g}, {hi:g}]")
+    else:
+        n = int(num_inference_steps)
+        if n < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if isinstance(schedule, VPDiscrete) and n > schedule.num_train_timesteps:
+            raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={schedule.num_train_timesteps}")
+        times = _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type)
+    terminal = schedule.t_clean if final_sigmas_type == "zero" else schedule.t_min
+    if terminal >= times[-1]:
+        terminal = schedule.t_clean
+    return np.concatenate([times, [terminal]])
+
+
+def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type) -> np.ndarray:
+    def shifted(sigma):
+        return shift_flow_sigmas(sigma, flow_shift, mu, time_shift_type) if flow else sigma
+
+    if spacing in ("leading", "trailing") and not isinstance(schedule, VPDiscrete):
+        raise ValueError(f"timestep_spacing={spacing!r} is defined for discrete VP schedules only; "
+                         f"valid here: linspace, quadratic, {', '.join(SIGMA_SPACINGS)}")
+    if spacing in ("linspace", "leading", "trailing") and isinstance(schedule, VPDiscrete):
+        return _discrete_time_grid(n, spacing, schedule.num_train_timesteps, steps_offset)
+    if spacing in ("linspace", "quadratic"):
+        t_lo = schedule.t_clean if flow else schedule.t_min
+        if spacing == "linspace":
+            t = np.linspace(schedule.t_max, t_lo, n + 1)[:-1]
+        else:
+            t = np.linspace(math.sqrt(schedule.t_max - t_lo), 0.0, n + 1)[:-1] ** 2 + t_lo
+        return schedule.t_of_grid_sigma(shifted(schedule.grid_sigma(t))) if flow else t
+    # sigma-based grids: n points from the noisiest to the least noisy grid sigma, both included
+    t_hi = schedule.t_max
+    if flow:  # alpha = 0 at sigma = 1: start one training step below, as diffusers' flow grids do
+        t_hi = schedule.t_max - 1.0
+    s_hi, s_lo = shifted(schedule.grid_sigma(t_hi)), shifted(schedule.grid_sigma(schedule.t_min))
+    if spacing == "logsnr":
+        lam_hi, lam_lo = schedule.lambda_(schedule.t_of_grid_sigma(np.array([s_hi, s_lo])))
+        return schedule.t_of_lambda(np.linspace(lam_hi, lam_lo, n))
+    if n == 1:
+        return schedule.t_of_grid_sigma(np.array([s_hi]))
+    return schedule.t_of_grid_sigma(_sigma_grid(spacing, float(s_hi), float(s_lo), n))

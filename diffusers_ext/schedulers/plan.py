@@ -1,0 +1,115 @@
+"""The step plan: every step's coefficients, precomputed in float64 when the timesteps are set.
+
+A solver family gives one ``StepRule`` per step (symbols X, M(k), DATA, SAVED, NOISE). The plan folds
+the model-output conversion into it and maps each M(k) to its slot in a fixed-size ring of K history
+entries, so that ``step`` only looks up row ``i`` and runs one fused ``lincomb``:
+
+    inputs  (columns): x, out, [saved], [noise], history[0..K-1]
+    outputs (rows):    x_next, [saved_next], [new history entry -> history[slot_i]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .noise_schedules import NoiseSchedule
+from .predictions import conversion
+from .step_rule import SAVED, StepRule
+
+
+@dataclass
+class Grid:
+    """Model times of the evaluation points plus the terminal, and the schedule at each of them."""
+
+    t: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    lam: np.ndarray
+
+    @classmethod
+    def from_times(cls, schedule: NoiseSchedule, t: np.ndarray) -> Grid:
+        t = np.asarray(t, dtype=np.float64)
+        alpha, sigma = schedule.alpha_sigma(t)
+        with np.errstate(divide="ignore"):
+            lam = np.log(alpha) - np.log(sigma)
+        return cls(t=t, alpha=alpha, sigma=sigma, lam=lam)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.t) - 1
+
+
+@dataclass
+class StepPlan:
+    begin: int
+    table: np.ndarray  # float64 (N, rows, cols)
+    slots: np.ndarray  # int64 (N,): history slot the new entry is written to
+    row_columns: list[list[int]] = field(default_factory=list)  # per row, the columns ever nonzero
+
+
+def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule], *, history_size: int,
+               uses_saved: bool, stochastic: bool, target: str, output_type: str) -> StepPlan:
+    """Fold each step's rule into a coefficient table.
+
+    Args:
+        rule: ``rule(grid, i, n)`` for step i with n earlier outputs available (n = i - begin).
+        history_size: K, the ring size; M(k) needs 1 <= k <= min(n, K).
+        target: "data" or "noise", what M(k) holds.
+        output_type: what the ``out`` column holds: the model's prediction type, or "sample" when the
+            scheduler passes a (thresholded) data prediction instead.
+    """
+    n_steps, K = grid.num_steps, history_size
+    col = {"x": 0, "out": 1}
+    for name, used in (("saved", uses_saved), ("noise", stochastic)):
+        if used:
+            col[name] = len(col)
+    first_hist = len(col)
+    n_rows = 1 + uses_saved + (K > 0)
+    table = np.zeros((n_steps, n_rows, first_hist + K))
+    slots = np.zeros(n_steps, dtype=np.int64)
+    a, s = grid.alpha[:n_steps], grid.sigma[:n_steps]
+    cx_m, co_m = conversion(output_type, target, a, s)
+    cx_d, co_d = conversion(output_type, "data", a, s)
+
+    for i in range(begin, n_steps):
+        n = i - begin
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            step = rule(grid, i, n)
+        lins = [step.x_next] + ([step.saved_next if step.saved_next is not None else SAVED]
+                                if uses_saved else [])
+        for r, lin in enumerate(lins):
+            row = table[i, r]
+            for key, v in lin.terms.items():
+                if v == 0.0:
+                    continue
+                if key == "x":
+                    row[0] += v
+                elif key == "data":
+                    row[0] += v * cx_d[i]
+                    row[1] += v * co_d[i]
+                elif key == ("m", 0):
+                    row[0] += v * cx_m[i]
+                    row[1] += v * co_m[i]
+                elif isinstance(key, tuple) and key[0] == "m":
+                    k = key[1]
+                    if not 1 <= k <= min(n, K):
+                        raise AssertionError(f"step {i} uses M({k}) but only {min(n, K)} earlier outputs exist")
+                    row[first_hist + (n - k) % K] += v
+                elif key in col:
+                    row[col[key]] += v
+                else:
+                    raise AssertionError(f"step {i} uses {key!r}, which this scheduler does not provide")
+        if K > 0:
+            table[i, -1, 0], table[i, -1, 1] = cx_m[i], co_m[i]
+            slots[i] = n % K
+    if not np.all(np.isfinite(table[begin:])):
+        bad = int(np.argwhere(~np.isfinite(table[begin:]).all(axis=(1, 2)))[0, 0]) + begin
+        raise ValueError(f"Step {bad} (t={grid.t[bad]:g} -> {grid.t[bad + 1]:g}) has non-finite coefficients: "
+                         f"a {output_type!r} model output carries no {target} information there "
+                         f"(alpha={grid.alpha[bad]:g}, sigma={grid.sigma[bad]:g}). Use a grid that avoids it.")
+    row_columns = [sorted(set(np.nonzero(np.any(table[begin:, r] != 0, axis=0))[0].tolist())) for r in range(n_rows)]
+    return StepPlan(begin=begin, table=table, slots=slots, row_columns=row_columns)
+
