@@ -1,2 +1,5 @@
+import sys
+
 from diffusers_ext.cli import main
-main()
+
+sys.exit(main())

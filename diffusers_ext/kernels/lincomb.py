@@ -25,13 +25,22 @@ from .triton_lincomb import MAX_INPUTS, MAX_ROWS, triton_available, triton_linco
 __all__ = ["lincomb", "use_triton"]
 
 
+BACKENDS = ("auto", "triton", "torch")
+
+
 def use_triton(device: torch.device) -> bool:
-    """Triton runs on CUDA devices, or on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
-    if not triton_available():
+    """Which path ``lincomb`` takes, from ``DIFFUSERS_EXT_BACKEND`` (auto / triton / torch).
+
+    auto: Triton on CUDA, torch elsewhere. triton: also on the CPU, which needs Triton's interpreter
+    (``TRITON_INTERPRET=1`` set before triton is imported; slow, for tests). Inside ``torch.compile`` the
+    torch path is always used, so inductor fuses it.
+    """
+    backend = os.environ.get("DIFFUSERS_EXT_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"DIFFUSERS_EXT_BACKEND={backend!r}; valid choices: {', '.join(BACKENDS)}")
+    if backend == "torch" or not triton_available() or torch.compiler.is_compiling():
         return False
-    if device.type == "cuda":
-        return os.environ.get("DIFFUSERS_EXT_DISABLE_TRITON", "0") != "1"
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return device.type == "cuda" or backend == "triton"
 
 
 def _check(out, coeffs, tensors, history, write_slot):

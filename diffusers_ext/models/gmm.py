@@ -46,7 +46,7 @@ class GaussianMixtureDenoiser(torch.nn.Module):
     """
 
     def __init__(self, schedule=None, prediction_type: str = "epsilon", num_components: int = 8, seed: int = 0,
-                 mean_scale: float = 0.8, std_range: tuple[float, float] = (0.05, 0.3)):
+                 mean_scale: float = 0.8, std_range: tuple[float, float] = (0.15, 0.45)):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"Unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
@@ -110,9 +110,10 @@ class GaussianMixtureDenoiser(torch.nn.Module):
         return DenoiserOutput(sample=out) if return_dict else (out,)
 
     # ----------------------------------------------------------------------------------- reference
-    def ode_endpoint(self, x_start: torch.Tensor, t_start: float, rtol: float = 1e-10, atol: float = 1e-12,
-                     lambda_end: float = 30.0) -> torch.Tensor:
-        """The exact probability-flow ODE solution at sigma = 0 from ``x_start`` at model time ``t_start``.
+    def ode_endpoint(self, x_start: torch.Tensor, t_start: float, t_end: float | None = None, rtol: float = 1e-10,
+                     atol: float = 1e-12, lambda_end: float = 30.0) -> torch.Tensor:
+        """The exact probability-flow ODE solution from ``x_start`` at model time ``t_start`` to sigma = 0
+        (or to model time ``t_end``).
 
         Integrates in lambda (= -log(sigma/alpha)) with scipy's DOP853: y = x / sigma with
         dy/dlambda = e^lambda E[x0] while lambda < 0, then z = x / alpha with dz/dlambda = -e^-lambda E[eps]
@@ -124,6 +125,8 @@ class GaussianMixtureDenoiser(torch.nn.Module):
         B = shape[0]
         x = x_start.reshape(B, -1).double().cpu()
         lam0 = float(self.schedule.lambda_(np.array([t_start]))[0])
+        if t_end is not None:
+            lambda_end = float(self.schedule.lambda_(np.array([t_end]))[0])
         schedule = self.schedule
 
         def coeffs(lam):
@@ -154,5 +157,6 @@ class GaussianMixtureDenoiser(torch.nn.Module):
         sol = solve_ivp(rhs_z, (lam, lambda_end), z, method="DOP853", rtol=rtol, atol=atol)
         a, s = coeffs(lambda_end)
         x_end = torch.from_numpy(sol.y[:, -1]).reshape(B, -1) * a
-        x0, _ = self.posterior(x_end, a, s)
-        return x0.reshape(shape)
+        if t_end is None:
+            x_end, _ = self.posterior(x_end, a, s)
+        return x_end.reshape(shape)

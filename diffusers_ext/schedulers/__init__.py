@@ -1,7 +1,8 @@
 """Solver schedulers: the shared core (schedules, grids, conversion, plan, base) and one module per family."""
 
 from .base import SolverScheduler
+from .deis import DEISScheduler
 from .dpm_solver_pp import DPMSolverPPScheduler
 from .unipc import UniPCScheduler
 
-__all__ = ["SolverScheduler", "DPMSolverPPScheduler", "UniPCScheduler"]
+__all__ = ["SolverScheduler", "DEISScheduler", "DPMSolverPPScheduler", "UniPCScheduler"]

@@ -72,6 +72,17 @@ COMMON_OPTIONS: dict[str, Any] = {
 }
 
 
+def warmup_order(order: int, i: int, n: int, num_steps: int, lower_order_final: bool) -> int:
+    """diffusers' multistep order schedule: warm up from order 1 (n earlier outputs exist) and, below 15
+    steps with ``lower_order_final``, use orders 1 and 2 for the last two steps."""
+    if lower_order_final and num_steps < 15:
+        if i == num_steps - 1:
+            order = 1
+        elif i == num_steps - 2:
+            order = min(order, 2)
+    return max(1, min(order, n + 1))
+
+
 def _make_init(options: dict[str, Any]):
     """An ``__init__`` whose signature lists every option, so diffusers' from_config sees them all."""
 
@@ -125,7 +136,9 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         """diffusers' from_config, plus: a FlowMatch* scheduler config switches on flow matching."""
         if config is not None and not isinstance(config, dict):
             config = dict(config)
-        if config is not None and str(config.get("_class_name", "")).startswith("FlowMatch"):
+        flow_config = config is not None and (str(config.get("_class_name", "")).startswith("FlowMatch")
+                                              or ("shift" in config and "beta_schedule" not in config))
+        if flow_config:
             config = dict(config)
             config.setdefault("use_flow_sigmas", True)
             config.setdefault("prediction_type", "flow_prediction")
@@ -288,10 +301,10 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                                  f"{tuple(sample.shape)}")
         if not self._started:
             self._start(timestep, sample, model_output)
-        idx = self._step_tensor
+        idx = self._step_tensor.reshape(1)  # a gather, not a select: no .item(), traceable by torch.compile
         first = model_output.contiguous()
         if self.config.thresholding:
-            data = lincomb(None, self._convert_rows[idx], [sample, first])
+            data = lincomb(None, self._convert_rows.index_select(0, idx)[0], [sample, first])
             first = self._threshold(data).to(model_output.dtype)
         tensors = [sample.contiguous(), first]
         outs = [None]
@@ -303,10 +316,10 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                 variance_noise = randn_tensor(sample.shape, generator=generator, device=sample.device,
                                               dtype=torch.float32)
             tensors.append(variance_noise.to(device=sample.device))
-        results = lincomb(outs, self._table[idx], tensors, history=self._history,
-                          write_slot=self._slots[idx] if self.history_size else None,
+        results = lincomb(outs, self._table.index_select(0, idx)[0], tensors, history=self._history,
+                          write_slot=self._slots.index_select(0, idx) if self.history_size else None,
                           columns=self._plan.row_columns)
-        self._step_tensor = idx + 1
+        self._step_tensor = self._step_tensor + 1
         prev_sample = results[0]
         if not return_dict:
             return (prev_sample,)

@@ -125,7 +125,7 @@ def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, 
             raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={schedule.num_train_timesteps}")
         times = _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type)
     terminal = schedule.t_clean if final_sigmas_type == "zero" else schedule.t_min
-    if terminal >= times[-1]:
+    if terminal >= times[-1] - 1e-9 * max(1.0, abs(times[-1])):  # the grid already ends at sigma_min
         terminal = schedule.t_clean
     return np.concatenate([times, [terminal]])
 

@@ -24,6 +24,7 @@ class Lin:
     """An immutable linear combination {symbol: coefficient}."""
 
     __slots__ = ("terms",)
+    __array_ufunc__ = None  # numpy scalars defer to Lin's own operators
 
     def __init__(self, terms: dict | None = None):
         self.terms = dict(terms or {})

@@ -1,0 +1,35 @@
+"""Shared test helpers."""
+
+import torch
+
+from diffusers_ext import DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
+
+# one main variant per family, plus the variants with their own code paths
+SCHEDULER_VARIANTS = {
+    "dpm++2m": (DPMSolverPPScheduler, {}),
+    "dpm++3m": (DPMSolverPPScheduler, {"solver_order": 3}),
+    "dpm++2s": (DPMSolverPPScheduler, {"singlestep": True}),
+    "dpm++3s": (DPMSolverPPScheduler, {"singlestep": True, "solver_order": 3}),
+    "sde-dpm++2m": (DPMSolverPPScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc-bh2": (UniPCScheduler, {}),
+    "unipc-bh1-3": (UniPCScheduler, {"solver_type": "bh1", "solver_order": 3}),
+    "unip-noise": (UniPCScheduler, {"use_corrector": False, "predict_x0": False}),
+    "deis-tab3": (DEISScheduler, {}),
+    "deis-rhoab3": (DEISScheduler, {"solver_type": "rhoab"}),
+    "deis-ipndm4": (DEISScheduler, {"solver_type": "ipndm", "solver_order": 4}),
+    "deis-heun": (DEISScheduler, {"solver_type": "heun"}),
+    "deis-rk4": (DEISScheduler, {"solver_type": "rk4"}),
+}
+
+
+def make(name, **overrides):
+    cls, kw = SCHEDULER_VARIANTS[name]
+    return cls(**{**kw, **overrides})
+
+
+def run_sampler(scheduler, model, x, num_steps=None, generator=None, **set_kw):
+    if num_steps is not None or set_kw:
+        scheduler.set_timesteps(num_steps, **set_kw)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t).sample, t, x, generator=generator).prev_sample
+    return x
