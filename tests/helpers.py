@@ -30,6 +30,7 @@ def make(name, **overrides):
 def run_sampler(scheduler, model, x, num_steps=None, generator=None, **set_kw):
     if num_steps is not None or set_kw:
         scheduler.set_timesteps(num_steps, **set_kw)
+    extra = {} if generator is None else {"generator": generator}  # diffusers' UniPC/DEIS reject generator
     for t in scheduler.timesteps:
-        x = scheduler.step(model(x, t).sample, t, x, generator=generator).prev_sample
+        x = scheduler.step(model(x, t).sample, t, x, **extra).prev_sample
     return x
