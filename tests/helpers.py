@@ -1,6 +1,5 @@
 """Shared test helpers."""
 
-import torch
 
 from diffusers_ext import DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
 

@@ -9,7 +9,7 @@ from diffusers_ext.models import GaussianMixtureDenoiser
 
 
 def test_single_gaussian_ode_endpoint_is_closed_form():
-    """For one Gaussian N(mu, s^2 I) the flow is linear: x0 = mu + s (x_T - alpha_T mu) / sqrt(alpha_T^2 s^2 + sigma_T^2)."""
+    """One Gaussian N(mu, s^2 I): a linear flow, x0 = mu + s (x_T - a mu) / sqrt(a^2 s^2 + sigma_T^2)."""
     model = GaussianMixtureDenoiser(num_components=1)
     weights, means, stds = model.mixture(8)
     x = torch.randn(5, 2, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

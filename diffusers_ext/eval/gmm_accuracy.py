@@ -30,7 +30,7 @@ DEFAULT_SOLVERS: dict[str, tuple[str, dict]] = {
     "DEIS rhoAB3": ("DEISScheduler", {"solver_type": "rhoab"}),
     "DEIS iPNDM4": ("DEISScheduler", {"solver_type": "ipndm", "solver_order": 4}),
     "DEIS rhoRK4": ("DEISScheduler", {"solver_type": "rk4"}),
-    "diffusers DDIM": ("diffusers:DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "diffusers DDIM": ("diffusers:DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False}),
     "diffusers DPM++ 2M": ("diffusers:DPMSolverMultistepScheduler", {}),
     "diffusers DPM++ 3M": ("diffusers:DPMSolverMultistepScheduler", {"solver_order": 3}),
     "diffusers UniPC": ("diffusers:UniPCMultistepScheduler", {}),

@@ -27,7 +27,7 @@ from numpy.polynomial import Polynomial
 
 from .base import SolverScheduler, warmup_order
 from .plan import Grid
-from .step_rule import DATA, SAVED, X, Lin, M, StepRule
+from .step_rule import DATA, SAVED, Lin, M, StepRule, X
 
 MULTISTEP_TYPES = ("tab", "rhoab", "ipndm")
 RK_TABLEAUX = {  # c (stage positions in rho), A (stage weights), b (final weights)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .base import SolverScheduler, warmup_order
 from .plan import Grid
-from .step_rule import NOISE, SAVED, X, M, StepRule
+from .step_rule import NOISE, SAVED, M, StepRule, X
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")

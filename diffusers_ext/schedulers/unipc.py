@@ -19,7 +19,7 @@ import numpy as np
 
 from .base import SolverScheduler
 from .plan import Grid
-from .step_rule import DATA, SAVED, X, Lin, M, StepRule
+from .step_rule import DATA, SAVED, Lin, M, StepRule, X
 
 SOLVER_TYPES = ("bh1", "bh2")
 
