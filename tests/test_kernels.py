@@ -73,3 +73,17 @@ def test_scheduler_through_triton_kernel(monkeypatch, name):
         monkeypatch.setenv("DIFFUSERS_EXT_BACKEND", backend)
         outs[backend] = run_sampler(make(name), model, x, 6)
     torch.testing.assert_close(outs["triton"], outs["torch"], rtol=1e-5, atol=1e-5)
+
+
+def test_triton_backend_is_really_used(monkeypatch):
+    """Guard against a silent fallback: with the triton backend the kernel launches during a step."""
+    import importlib
+
+    mod = importlib.import_module("diffusers_ext.kernels.lincomb")
+
+    calls = []
+    real = mod.triton_lincomb
+    monkeypatch.setattr(mod, "triton_lincomb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("DIFFUSERS_EXT_BACKEND", "triton")
+    run_sampler(make("unipc-bh2"), GaussianMixtureDenoiser(), torch.randn(1, 2, 4, 4), 3)
+    assert len(calls) == 3

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .triton_lincomb import MAX_INPUTS, MAX_ROWS, triton_available, triton_lincomb
@@ -46,7 +47,7 @@ def use_triton(device: torch.device) -> bool:
 def _check(out, coeffs, tensors, history, write_slot):
     n_rows = len(out) + (write_slot is not None)
     n_cols = len(tensors) + (0 if history is None else history.shape[0])
-    if coeffs.dim() != 2 or tuple(coeffs.shape) != (n_rows, n_cols):
+    if coeffs.ndim != 2 or tuple(coeffs.shape) != (n_rows, n_cols):
         raise ValueError(f"coeffs must have shape ({n_rows}, {n_cols}) for {len(out)} outputs, "
                          f"{len(tensors)} tensors and history {None if history is None else tuple(history.shape)}; "
                          f"got {tuple(coeffs.shape)}")
@@ -60,27 +61,35 @@ def _check(out, coeffs, tensors, history, write_slot):
         raise ValueError(f"history entries must have shape {tuple(shape)}, got {tuple(history.shape[1:])}")
 
 
-def lincomb(out, coeffs: torch.Tensor, tensors: Sequence[torch.Tensor], *, history: torch.Tensor | None = None,
-            write_slot: torch.Tensor | None = None, columns: Sequence[Sequence[int]] | None = None):
+def lincomb(out, coeffs, tensors: Sequence[torch.Tensor], *, history: torch.Tensor | None = None,
+            write_slot=None, columns: Sequence[Sequence[int]] | None = None):
     """Fused linear combination; see the module docstring.
 
     Args:
         out: one output tensor, or a list with one entry per output row; ``None`` entries are allocated
             (dtype of ``tensors[0]``). With ``write_slot`` the history row comes after these.
-        coeffs: float32 tensor of shape (rows, len(tensors) + K) (or 1-D for a single output).
+        coeffs: float32 tensor of shape (rows, len(tensors) + K) (or 1-D for a single output), on the
+            tensors' device; or, for CPU tensors, a float64 numpy array (host coefficients: zero columns are
+            skipped and outputs are written in place).
         tensors: input tensors of one shape.
         history: optional buffer of shape (K, *shape) whose entries follow ``tensors`` as inputs.
-        write_slot: optional int64 tensor of one element: the history entry the last row is written to.
+        write_slot: optional int64 tensor of one element (an int with numpy coeffs): the history entry the
+            last row is written to.
         columns: optional, per row, the columns that can be nonzero (lets the torch path skip the rest).
     Returns:
         The list of output tensors (a single tensor if ``out`` was a tensor).
     """
-    single = isinstance(out, torch.Tensor)
+    single = isinstance(out, torch.Tensor) or out is None
     outs = [out] if single else list(out)
-    if coeffs.dim() == 1:
-        coeffs = coeffs.unsqueeze(0)
+    if coeffs.ndim == 1:
+        coeffs = coeffs[None]
     tensors = list(tensors)
     _check(outs, coeffs, tensors, history, write_slot)
+    if isinstance(coeffs, np.ndarray):
+        if tensors[0].device.type != "cpu":
+            raise ValueError("numpy (host) coefficients are for CPU tensors; pass a device tensor otherwise")
+        outs = _host_lincomb(outs, coeffs, tensors, history, write_slot)
+        return outs[0] if single else outs
     fits = len(tensors) <= 4 and coeffs.shape[0] <= MAX_ROWS and coeffs.shape[1] <= MAX_INPUTS and len(outs) <= 2
     if fits and use_triton(tensors[0].device):
         outs = [torch.empty_like(tensors[0]) if o is None else o for o in outs]
@@ -113,3 +122,37 @@ def _torch_lincomb(outs, coeffs, tensors, history, write_slot, columns):
     if write_slot is not None:
         history.index_copy_(0, write_slot.reshape(1).to(history.device), results[-1].unsqueeze(0).to(history.dtype))
     return final
+
+
+def _host_lincomb(outs, coeffs: np.ndarray, tensors, history, write_slot: int | None):
+    """CPU path with host float64 coefficients: zero columns skipped, float32 targets written in place.
+
+    A row whose target is also an input is accumulated in place, starting from that input, unless a later
+    row still reads the target (then it goes through a temporary), so every read sees the old values.
+    """
+    inputs = tensors + ([] if history is None else list(history.unbind(0)))
+    targets = list(outs) + ([history[int(write_slot)]] if write_slot is not None else [])
+    pending, results = [], []
+    for r, target in enumerate(targets):
+        cols = [int(c) for c in np.flatnonzero(coeffs[r])] or [0]
+        aliased = [c for c in cols if target is not None and inputs[c].data_ptr() == target.data_ptr()]
+        read_later = target is not None and any(
+            coeffs[q, c] != 0 for q in range(r + 1, len(targets)) for c in range(len(inputs))
+            if inputs[c].data_ptr() == target.data_ptr())
+        cols = aliased + [c for c in cols if c not in aliased]
+        if target is not None and target.dtype == torch.float32 and not read_later:
+            acc = torch.mul(inputs[cols[0]], float(coeffs[r, cols[0]]), out=target)
+        else:
+            acc = inputs[cols[0]].to(torch.float32) * float(coeffs[r, cols[0]])
+        for c in cols[1:]:
+            acc.add_(inputs[c], alpha=float(coeffs[r, c]))
+        if target is None:
+            results.append(acc if acc.dtype == tensors[0].dtype else acc.to(tensors[0].dtype))
+        elif acc is target:
+            results.append(target)
+        else:
+            pending.append((target, acc))
+            results.append(target)
+    for target, acc in pending:  # all rows are computed: now the deferred writes
+        target.copy_(acc)
+    return results[: len(outs)]

@@ -25,7 +25,7 @@ from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar, rescale_ze
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..kernels import lincomb
+from ..kernels import lincomb, use_triton
 from .grids import FINAL_SIGMA_TYPES, build_grid, resolve_spacing
 from .noise_schedules import FlowMatching, NoiseSchedule, VPContinuous, VPDiscrete
 from .plan import Grid, StepPlan, build_plan
@@ -233,8 +233,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                                 uses_saved=self.uses_saved_sample, stochastic=self.stochastic, target=self.target,
                                 output_type=output_type)
         if self.config.thresholding:
-            self._convert_rows = torch.from_numpy(
-                np.asarray(_data_conversion(self.config.prediction_type, self._grid), dtype=np.float32))
+            self._convert_host = _data_conversion(self.config.prediction_type, self._grid)
         self._table = torch.from_numpy(self._plan.table.astype(np.float32))
         self._slots = torch.from_numpy(self._plan.slots)
         self._started = False
@@ -278,7 +277,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self._table = self._table.to(device)
         self._slots = self._slots.to(device)
         if self.config.thresholding:
-            self._convert_rows = self._convert_rows.to(device)
+            self._convert_table = torch.from_numpy(self._convert_host.astype(np.float32)).to(device)
         K = self.history_size
         self._history = torch.zeros((K, *sample.shape), dtype=model_output.dtype, device=device) if K else None
         self._saved = torch.zeros_like(sample) if self.uses_saved_sample else None
@@ -301,10 +300,20 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                                  f"{tuple(sample.shape)}")
         if not self._started:
             self._start(timestep, sample, model_output)
-        idx = self._step_tensor.reshape(1)  # a gather, not a select: no .item(), traceable by torch.compile
+        if sample.device.type == "cpu" and not torch.compiler.is_compiling() and not use_triton(sample.device):
+            # CPU: the host float64 table is the device's own memory; no tensor lookups needed
+            i = int(self._step_tensor)
+            coeffs, slot = self._plan.table[i], int(self._plan.slots[i])
+            self._step_tensor.add_(1)
+        else:
+            idx = self._step_tensor.reshape(1)  # a gather, not a select: no .item(), traceable by torch.compile
+            coeffs, slot = self._table.index_select(0, idx)[0], self._slots.index_select(0, idx)
+            self._step_tensor = self._step_tensor + 1
         first = model_output.contiguous()
         if self.config.thresholding:
-            data = lincomb(None, self._convert_rows.index_select(0, idx)[0], [sample, first])
+            convert = self._convert_host[i] if isinstance(coeffs, np.ndarray) else \
+                self._convert_table.index_select(0, idx)[0]
+            data = lincomb(None, convert, [sample, first])
             first = self._threshold(data).to(model_output.dtype)
         tensors = [sample.contiguous(), first]
         outs = [None]
@@ -316,10 +325,8 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                 variance_noise = randn_tensor(sample.shape, generator=generator, device=sample.device,
                                               dtype=torch.float32)
             tensors.append(variance_noise.to(device=sample.device))
-        results = lincomb(outs, self._table.index_select(0, idx)[0], tensors, history=self._history,
-                          write_slot=self._slots.index_select(0, idx) if self.history_size else None,
-                          columns=self._plan.row_columns)
-        self._step_tensor = self._step_tensor + 1
+        results = lincomb(outs, coeffs, tensors, history=self._history,
+                          write_slot=slot if self.history_size else None, columns=self._plan.row_columns)
         prev_sample = results[0]
         if not return_dict:
             return (prev_sample,)
