@@ -156,4 +156,5 @@ def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_sh
         return schedule.t_of_lambda(np.linspace(lam_hi, lam_lo, n))
     if n == 1:
         return schedule.t_of_grid_sigma(np.array([s_hi]))
-    return schedule.t_of_grid_sigma(_sigma_grid(spacing, float(s_hi), float(s_lo), n))
+    times = schedule.t_of_grid_sigma(_sigma_grid(spacing, float(s_hi), float(s_lo), n))
+    return np.clip(times, schedule.t_min, schedule.t_max)  # round-off of the sigma -> t inversion
