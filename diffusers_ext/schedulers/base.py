@@ -168,6 +168,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._plan: StepPlan | None = None
         self._grid: Grid | None = None
+        self._device: torch.device | None = None
         self._started = False
         T = cfg.num_train_timesteps
         self.timesteps = torch.from_numpy(np.arange(T - 1, -1, -1, dtype=np.float32).copy())
@@ -234,8 +235,9 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                                 output_type=output_type)
         if self.config.thresholding:
             self._convert_host = _data_conversion(self.config.prediction_type, self._grid)
-        self._table = torch.from_numpy(self._plan.table.astype(np.float32))
-        self._slots = torch.from_numpy(self._plan.slots)
+        # on the pipeline's device already (set_timesteps(device=...)), so the first step copies nothing
+        self._table = torch.from_numpy(self._plan.table.astype(np.float32)).to(self._device)
+        self._slots = torch.from_numpy(self._plan.slots).to(self._device)
         self._started = False
         self._history = None
         self._saved = None
