@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -21,6 +22,20 @@ def _demo(args) -> int:
     return 0
 
 
+def _train_digits(args) -> int:
+    from pathlib import Path
+
+    from .models.digits.classifier import train_classifier
+    from .models.digits.train import train_digits_unet
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_digits_unet(out, steps=args.steps, seed=args.seed)
+    _, accuracy = train_classifier(out / "classifier.safetensors", seed=args.seed)
+    print(json.dumps({"out": str(out), "classifier_test_accuracy": accuracy}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusers-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--samples", type=int, default=256, help="number of noise samples")
     demo.add_argument("--out", default="results", help="output folder for the JSON result")
     demo.set_defaults(func=_demo)
+    train = sub.add_parser("train-digits", help="train the embedded digits UNet and classifier (seeded)")
+    train.add_argument("--out", default="digits-weights", help="output folder (pipeline + classifier.safetensors)")
+    train.add_argument("--steps", type=int, default=8000, help="UNet training steps")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=_train_digits)
     args = parser.parse_args(argv)
     return args.func(args)
 
