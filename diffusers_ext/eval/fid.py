@@ -84,7 +84,7 @@ def save_pngs(images: torch.Tensor, folder, start: int = 0) -> None:
 
 def extract_features(images: torch.Tensor, extractor: str = DIGITS_CNN, inception_weights=None,
                      batch_size: int = 256) -> np.ndarray:
-    """Features (N, D) in float32 (as torch-fidelity keeps them) with torch-fidelity's extractor at its default FID layer."""
+    """Features (N, D), float32 as torch-fidelity keeps them, from its extractor's default FID layer."""
     register()
     weights = _weights_file(extractor, inception_weights)
     cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
@@ -100,14 +100,15 @@ def extract_features(images: torch.Tensor, extractor: str = DIGITS_CNN, inceptio
 
 
 def statistics(images, extractor: str = DIGITS_CNN, inception_weights=None, cache_dir=None) -> dict:
-    """{"mu", "sigma"} of the features (torch-fidelity's formulas), cached by data and extractor hash."""
+    """{"mu", "sigma"} of the features (torch-fidelity's formulas), cached by data and weights hash."""
     if isinstance(images, (str, os.PathLike)) and Path(images).is_file():
         return load_statistics(images)
     images = load_images(images)
     key = None
     if cache_dir is not None:
         digest = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
-        key = Path(cache_dir) / f"{extractor}-{_file_hash(_weights_file(extractor, inception_weights))}-{digest}.safetensors"
+        weights = _file_hash(_weights_file(extractor, inception_weights))
+        key = Path(cache_dir) / f"{extractor}-{weights}-{digest}.safetensors"
         if key.is_file():
             return load_statistics(key)
     stats = fid_features_to_statistics(torch.from_numpy(extract_features(images, extractor, inception_weights)))
