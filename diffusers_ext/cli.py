@@ -22,6 +22,23 @@ def _demo(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from pathlib import Path
+
+    from .eval.sweep import plot, run_sweep, summarize, summary_table
+
+    rows = run_sweep(args.model, args.schedulers.split(","), [int(n) for n in args.nfe.split(",") if n.strip()],
+                     guidances=[float(g) for g in args.guidance.split(",")],
+                     seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples, out=args.out,
+                     cache_dir=args.cache_dir)
+    summary = summarize(rows)
+    print(summary_table(summary))
+    png = Path(args.out).with_suffix(".png")
+    plot(summary, png, rows[0]["metric"] if rows else "metric")
+    print(f"results: {args.out}  plot: {png}")
+    return 0
+
+
 def _train_digits(args) -> int:
     from pathlib import Path
 
@@ -44,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--samples", type=int, default=256, help="number of noise samples")
     demo.add_argument("--out", default="results", help="output folder for the JSON result")
     demo.set_defaults(func=_demo)
+    sweep = sub.add_parser("sweep", help="schedulers x NFE x guidance x seeds; resumable JSONL results, table, plot")
+    sweep.add_argument("--model", default="digits", help="digits or gmm")
+    sweep.add_argument("--schedulers", default="dpm++2m,unipc,deis,diffusers:DPMSolverMultistepScheduler",
+                       help="comma-separated scheduler specs (name[:key=value...], diffusers:ClassName)")
+    sweep.add_argument("--nfe", default="5,10,20", help="comma-separated NFEs")
+    sweep.add_argument("--guidance", default="1", help="comma-separated guidance scales")
+    sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
+    sweep.add_argument("--samples", type=int, default=500, help="samples per cell")
+    sweep.add_argument("--out", default="results/sweep.jsonl")
+    sweep.add_argument("--cache-dir", default="results/stats-cache", help="reference statistics cache")
+    sweep.set_defaults(func=_sweep)
     train = sub.add_parser("train-digits", help="train the embedded digits UNet and classifier (seeded)")
     train.add_argument("--out", default="digits-weights", help="output folder (pipeline + classifier.safetensors)")
     train.add_argument("--steps", type=int, default=8000, help="UNet training steps")

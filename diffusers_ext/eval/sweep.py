@@ -1,0 +1,212 @@
+"""Resumable sweeps: schedulers x NFE x guidance x seeds on a model, one JSONL line per finished cell.
+
+Re-running the same command skips the cells already in the JSONL file, so an interrupted sweep loses at
+most the cell in flight. Metrics: ``gmm`` -> RMSE to the exact ODE endpoint; ``digits`` -> digits-cnn FID
+against the digits train split.
+
+Scheduler specs: a short name (``dpm++2m``, ``unipc``, ...), one of our classes (``DPMSolverPPScheduler``)
+or ``diffusers:ClassName``, each optionally followed by ``:key=value,key=value`` config options.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .gmm_accuracy import make_scheduler
+
+SHORT_NAMES = {
+    "dpm++2m": ("DPMSolverPPScheduler", {}),
+    "dpm++3m": ("DPMSolverPPScheduler", {"solver_order": 3}),
+    "dpm++3s": ("DPMSolverPPScheduler", {"solver_order": 3, "singlestep": True}),
+    "unipc": ("UniPCScheduler", {}),
+    "unipc3": ("UniPCScheduler", {"solver_order": 3}),
+    "deis": ("DEISScheduler", {}),
+    "ipndm": ("DEISScheduler", {"solver_type": "ipndm", "solver_order": 4}),
+}
+MODELS = ("digits", "gmm")
+
+
+@dataclass(frozen=True)
+class Cell:
+    scheduler: str
+    nfe: int
+    guidance: float
+    seed: int
+
+    def key(self) -> str:
+        return json.dumps([self.scheduler, self.nfe, self.guidance, self.seed])
+
+
+def parse_scheduler(spec: str) -> tuple[str, dict]:
+    """``name[:k=v,...]`` -> (class path, config overrides); raises ValueError naming the valid names."""
+    if spec.startswith("diffusers:"):
+        parts = spec.split(":", 2)
+        head, options = "diffusers:" + parts[1], parts[2] if len(parts) > 2 else ""
+    else:
+        head, _, options = spec.partition(":")
+    if head in SHORT_NAMES:
+        path, overrides = SHORT_NAMES[head][0], dict(SHORT_NAMES[head][1])
+    else:
+        path, overrides = head, {}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    try:
+        make_scheduler(path, overrides)
+    except ValueError as err:
+        raise ValueError(f"Unknown scheduler {spec!r}: use one of {', '.join(SHORT_NAMES)}, one of our scheduler "
+                         f"classes, or diffusers:ClassName ({err})") from None
+    return path, overrides
+
+
+def load_done(path: Path) -> dict[str, dict]:
+    """Finished cells of a JSONL results file (a torn last line from a killed run is ignored)."""
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[Cell(row["scheduler"], row["nfe"], row["guidance"], row["seed"]).key()] = row
+    return done
+
+
+def _append(path: Path, row: dict) -> None:
+    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as f:
+        f.write(("\n" if torn else "") + json.dumps(row) + "\n")  # never glue a row onto a torn line
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class _GMMMetric:
+    name = "rmse"
+
+    def __init__(self, num_samples: int):
+        from ..models.gmm import GaussianMixtureDenoiser
+
+        self.model = GaussianMixtureDenoiser()
+        self.num_samples = num_samples
+        self._refs = {}
+
+    def __call__(self, scheduler, cell: Cell) -> float:
+        from .gmm_accuracy import sample_with
+
+        g = torch.Generator().manual_seed(cell.seed)
+        noise = torch.randn(self.num_samples, 2, 4, 4, generator=g, dtype=torch.float64)
+        if cell.seed not in self._refs:
+            self._refs[cell.seed] = self.model.ode_endpoint(noise, t_start=999.0)
+        out = sample_with(scheduler, self.model, noise.float(), cell.nfe).double()
+        return float((out - self._refs[cell.seed]).pow(2).mean().sqrt())
+
+
+class _DigitsMetric:
+    name = "fid"
+
+    def __init__(self, num_samples: int, cache_dir):
+        from ..models.digits import load_digits, load_pipeline, to_uint8
+        from .fid import statistics
+
+        self.pipe = load_pipeline()
+        self.num_samples = num_samples
+        train, _ = load_digits("train")
+        self.reference = statistics(to_uint8(train), cache_dir=cache_dir)
+
+    def __call__(self, scheduler, cell: Cell) -> float:
+        from ..models.digits import NUM_CLASSES
+        from .fid import fid_statistics_to_metric, statistics
+
+        self.pipe.scheduler = scheduler
+        labels = torch.arange(self.num_samples) % NUM_CLASSES
+        images = self.pipe(class_labels=labels, num_inference_steps=cell.nfe, guidance_scale=cell.guidance,
+                           generator=torch.Generator().manual_seed(cell.seed), output_type="uint8").images
+        return fid_statistics_to_metric(statistics(images), self.reference, False)["frechet_inception_distance"]
+
+
+def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0,), seeds=(0,), num_samples: int = 500,
+              out: str | Path = "results/sweep.jsonl", cache_dir=None, progress: bool = True) -> list[dict]:
+    """Run every missing cell, appending to ``out``; returns all rows (old and new) of this sweep."""
+    if model not in MODELS:
+        raise ValueError(f"Unknown model {model!r}; valid choices: {', '.join(MODELS)}")
+    nfes = [int(n) for n in nfes]
+    if not nfes or min(nfes) < 1:
+        raise ValueError(f"NFE list must be non-empty and positive, got {nfes}")
+    if not schedulers:
+        raise ValueError("at least one scheduler is needed")
+    specs = {s: parse_scheduler(s) for s in schedulers}  # every name checked before any work starts
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cells = [Cell(s, n, float(g), int(seed)) for s in schedulers for g in guidances for n in nfes for seed in seeds]
+    done = load_done(out)
+    todo = [c for c in cells if c.key() not in done]
+    metric = None
+    for cell in tqdm(todo, desc=f"sweep {model}", disable=not progress):
+        if metric is None:
+            metric = _GMMMetric(num_samples) if model == "gmm" else _DigitsMetric(num_samples, cache_dir)
+        path, overrides = specs[cell.scheduler]
+        value = metric(make_scheduler(path, overrides), cell)
+        row = {**asdict(cell), "model": model, "metric": metric.name,
+               "value": value if math.isfinite(value) else None, "num_samples": num_samples}
+        _append(out, row)
+        done[cell.key()] = row
+    return [done[c.key()] for c in cells]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (scheduler, guidance, NFE)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["scheduler"], r["guidance"], r["nfe"]), []).append(r["value"])
+    summary = []
+    for (s, g, n), values in groups.items():
+        v = torch.tensor([x if x is not None else float("nan") for x in values], dtype=torch.float64)
+        summary.append({"scheduler": s, "guidance": g, "nfe": n, "mean": float(v.mean()),
+                        "std": float(v.std()) if len(v) > 1 else 0.0, "seeds": len(v)})
+    return summary
+
+
+def summary_table(summary: list[dict]) -> str:
+    nfes = sorted({r["nfe"] for r in summary})
+    lines = ["| scheduler | guidance | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+             "|---|---|" + "---|" * len(nfes)]
+    for s, g in dict.fromkeys((r["scheduler"], r["guidance"]) for r in summary):
+        cells = {r["nfe"]: r for r in summary if r["scheduler"] == s and r["guidance"] == g}
+        text = [f"{cells[n]['mean']:.3g} ± {cells[n]['std']:.2g}" if n in cells else "" for n in nfes]
+        lines.append(f"| {s} | {g:g} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    guidances = sorted({r["guidance"] for r in summary})
+    fig, axes = plt.subplots(1, len(guidances), figsize=(5.5 * len(guidances), 4), squeeze=False)
+    for ax, g in zip(axes[0], guidances):
+        for s in dict.fromkeys(r["scheduler"] for r in summary):
+            pts = sorted((r["nfe"], r["mean"], r["std"]) for r in summary if r["scheduler"] == s and r["guidance"] == g)
+            if pts:
+                n, m, e = zip(*pts)
+                ax.errorbar(n, m, yerr=e, marker="o", capsize=2, label=s)
+        ax.set_xlabel("NFE (model calls)")
+        ax.set_ylabel(metric)
+        ax.set_yscale("log")
+        ax.set_title(f"guidance {g:g}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

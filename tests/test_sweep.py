@@ -1,0 +1,68 @@
+"""Resumable sweeps: an interrupted sweep, rerun, gives the same table with no duplicated cells."""
+
+import json
+
+import pytest
+
+from diffusers_ext.eval import sweep as sw
+
+
+def _run(out, **kw):
+    schedulers = ["dpm++2m", "unipc:solver_order=3", "diffusers:DDIMScheduler:clip_sample=false"]
+    args = dict(model="gmm", schedulers=schedulers,
+                nfes=[3, 6], seeds=[0, 1], num_samples=16, out=out, progress=False)
+    args.update(kw)
+    return sw.run_sweep(**args)
+
+
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path, monkeypatch):
+    full = _run(tmp_path / "full.jsonl")
+    out = tmp_path / "resumed.jsonl"
+    calls = {"n": 0}
+    real = sw._GMMMetric.__call__
+
+    def dying(self, scheduler, cell):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # killed while the 5th cell is in flight
+        return real(self, scheduler, cell)
+
+    monkeypatch.setattr(sw._GMMMetric, "__call__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out)
+    with open(out, "a") as f:
+        f.write('{"scheduler": "dpm++2m", "nf')  # a torn line, as a kill during a write leaves it
+    assert len(out.read_text().splitlines()) == 5
+    monkeypatch.setattr(sw._GMMMetric, "__call__", real)
+    resumed = _run(out)
+    rows = []
+    for line in out.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            assert line.startswith('{"scheduler": "dpm++2m", "nf')  # only the torn line
+    keys = [sw.Cell(r["scheduler"], r["nfe"], r["guidance"], r["seed"]).key() for r in rows]
+    assert len(keys) == len(set(keys)) == 12
+    assert sw.summary_table(sw.summarize(resumed)) == sw.summary_table(sw.summarize(full))
+
+
+def test_summary_and_plot(tmp_path):
+    rows = _run(tmp_path / "s.jsonl")
+    summary = sw.summarize(rows)
+    assert {r["seeds"] for r in summary} == {2}
+    sw.plot(summary, tmp_path / "s.png", "rmse")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"schedulers": ["nope"]}, "Unknown scheduler 'nope'"),
+    ({"schedulers": ["diffusers:NotAScheduler"]}, "Unknown scheduler"),
+    ({"nfes": []}, "non-empty and positive"),
+    ({"nfes": [0, 5]}, "non-empty and positive"),
+    ({"model": "imagenet"}, "Unknown model 'imagenet'; valid choices: digits, gmm"),
+])
+def test_bad_input_before_any_work(tmp_path, kw, match):
+    out = tmp_path / "bad.jsonl"
+    with pytest.raises(ValueError, match=match):
+        _run(out, **kw)
+    assert not out.exists()
