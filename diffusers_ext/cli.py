@@ -39,6 +39,14 @@ def _sweep(args) -> int:
     return 0
 
 
+def _fid(args) -> int:
+    from .eval.fid import fid
+
+    print(json.dumps(fid(args.input1, args.input2, extractor=args.extractor, inception_weights=args.inception_weights,
+                         cache_dir=args.cache_dir)))
+    return 0
+
+
 def _train_digits(args) -> int:
     from pathlib import Path
 
@@ -72,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--out", default="results/sweep.jsonl")
     sweep.add_argument("--cache-dir", default="results/stats-cache", help="reference statistics cache")
     sweep.set_defaults(func=_sweep)
+    fid = sub.add_parser("fid", help="FID between two PNG folders (or a folder and a statistics file)")
+    fid.add_argument("input1")
+    fid.add_argument("input2")
+    fid.add_argument("--extractor", default="digits-cnn", help="digits-cnn or inception-v3-compat")
+    fid.add_argument("--inception-weights", default=None, help="path to torch-fidelity's Inception weights")
+    fid.add_argument("--cache-dir", default=None, help="cache statistics here (keyed by data and weights hash)")
+    fid.set_defaults(func=_fid)
     train = sub.add_parser("train-digits", help="train the embedded digits UNet and classifier (seeded)")
     train.add_argument("--out", default="digits-weights", help="output folder (pipeline + classifier.safetensors)")
     train.add_argument("--steps", type=int, default=8000, help="UNet training steps")

@@ -1,5 +1,6 @@
 """Our FID harness against torch-fidelity's own calculate_metrics, and its statistics cache."""
 
+import json
 import shutil
 
 import pytest
@@ -88,3 +89,14 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         fidmod.load_images(torch.zeros(2, 1, 8, 8))
     shutil.rmtree(tmp_path)
+
+
+def test_fid_cli_prints_json(tmp_path, capsys):
+    from diffusers_ext.cli import main
+
+    a, b = _inputs()
+    fidmod.save_pngs(a, tmp_path / "a")
+    fidmod.save_pngs(b, tmp_path / "b")
+    assert main(["fid", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["fid"] == pytest.approx(fidmod.fid(a, b)["fid"], rel=1e-9)
