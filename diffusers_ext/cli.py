@@ -7,18 +7,32 @@ import json
 import os
 import sys
 
+DEMO_SCHEDULERS = ("dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "diffusers:DDIMScheduler:clip_sample=false",
+                   "diffusers:DPMSolverMultistepScheduler", "diffusers:UniPCMultistepScheduler",
+                   "diffusers:DEISMultistepScheduler")
+
 
 def _demo(args) -> int:
     from .eval.gmm_accuracy import DEFAULT_NFES, gmm_accuracy, markdown_table, save
+    from .eval.sweep import plot, run_sweep, summarize, summary_table
 
     nfes = tuple(int(n) for n in args.nfe.split(",")) if args.nfe else DEFAULT_NFES
-    result = gmm_accuracy(nfes=nfes, num_samples=args.samples)
     os.makedirs(args.out, exist_ok=True)
+    result = gmm_accuracy(nfes=nfes, num_samples=args.samples)
     path = os.path.join(args.out, "gmm_accuracy.json")
     save(result, path)
-    print("\nEndpoint RMSE against the exact ODE solution (Gaussian mixture, lower is better):\n")
+    print("\nGMM: endpoint RMSE against the exact ODE solution (lower is better):\n")
     print(markdown_table(result))
-    print(f"\nwritten: {path}")
+    if not args.gmm_only:
+        jsonl = os.path.join(args.out, "digits_sweep.jsonl")
+        rows = run_sweep("digits", list(DEMO_SCHEDULERS), [n for n in nfes if n >= 5], guidances=[1.0, 3.0],
+                         seeds=[0], num_samples=args.digits_samples, out=jsonl,
+                         cache_dir=os.path.join(args.out, "stats-cache"))
+        summary = summarize(rows)
+        plot(summary, os.path.join(args.out, "digits_sweep.png"), "digits-cnn FID")
+        print("\nDigits model: digits-cnn FID against the train split (lower is better):\n")
+        print(summary_table(summary))
+    print(f"\nwritten: {args.out}/")
     return 0
 
 
@@ -64,10 +78,12 @@ def _train_digits(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusers-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="GMM accuracy benchmark of our solvers against diffusers' built-ins")
+    demo = sub.add_parser("demo", help="GMM accuracy and a digits FID sweep: ours against diffusers' built-ins")
     demo.add_argument("--nfe", default="", help="comma-separated NFEs (default 3,4,5,6,8,10,15,20)")
     demo.add_argument("--samples", type=int, default=256, help="number of noise samples")
-    demo.add_argument("--out", default="results", help="output folder for the JSON result")
+    demo.add_argument("--out", default="results", help="output folder (JSON, JSONL, PNG)")
+    demo.add_argument("--digits-samples", type=int, default=500, help="digits samples per sweep cell")
+    demo.add_argument("--gmm-only", action="store_true", help="skip the digits sweep")
     demo.set_defaults(func=_demo)
     sweep = sub.add_parser("sweep", help="schedulers x NFE x guidance x seeds; resumable JSONL results, table, plot")
     sweep.add_argument("--model", default="digits", help="digits or gmm")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from diffusers import UniPCMultistepScheduler
 
 from diffusers_ext import DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.models.digits import load_digits, load_digits_classifier, load_pipeline, to_uint8
@@ -29,7 +30,7 @@ def test_shipped_classifier_accuracy():
     assert accuracy >= 0.97, accuracy
 
 
-@pytest.mark.parametrize("scheduler", [None, DPMSolverPPScheduler, UniPCScheduler])
+@pytest.mark.parametrize("scheduler", [None, DPMSolverPPScheduler, UniPCScheduler, UniPCMultistepScheduler])
 def test_pipeline_loads_in_one_line_and_samples(scheduler):
     pipe = load_pipeline(scheduler)
     out = pipe(class_labels=[0, 3, 7], num_inference_steps=8, guidance_scale=2.0,

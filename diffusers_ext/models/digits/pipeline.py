@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
@@ -67,9 +69,11 @@ class DigitsPipeline(DiffusionPipeline):
         x = randn_tensor((labels.numel(), 1, 8, 8), generator=generator, device=self.device, dtype=self.unet.dtype)
         x = x * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        # diffusers' UniPC and DEIS reject `generator`; pass it only where step takes it
+        extra = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             eps = model(self.scheduler.scale_model_input(x, t), t)
-            x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+            x = self.scheduler.step(eps, t, x, **extra).prev_sample
         if output_type == "pt":
             images = x.clamp(-1, 1)
         elif output_type == "uint8":
