@@ -58,3 +58,25 @@ def test_bad_class_labels():
         pipe(class_labels=[10], num_inference_steps=2)
     with pytest.raises(ValueError, match="output_type"):
         pipe(class_labels=[1], num_inference_steps=2, output_type="jpeg")
+
+
+def test_fid_of_50_step_samples_against_noise_and_shuffled_labels():
+    """Samples score far below noise, and per class far below a shuffled-label control (each class's
+    samples compared with another class's real digits): the model uses its labels."""
+    from diffusers_ext.eval.fid import fid
+
+    train, train_labels = load_digits("train")
+    pipe = load_pipeline(UniPCScheduler)
+    labels = torch.arange(1000) % 10
+    images = pipe(class_labels=labels, num_inference_steps=50, generator=torch.Generator().manual_seed(1),
+                  output_type="uint8").images
+    real = to_uint8(train)
+    model_fid = fid(images, real)["fid"]
+    noise_fid = fid(to_uint8(torch.rand(1000, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1),
+                    real)["fid"]
+    matched = np.mean([fid(images[labels == c], real[train_labels == c])["fid"] for c in range(10)])
+    shuffled = np.mean([fid(images[labels == c], real[train_labels == (c + 3) % 10])["fid"] for c in range(10)])
+    print(f"digits FID: model {model_fid:.2f}, noise {noise_fid:.1f}, per-class matched {matched:.2f}, "
+          f"shuffled labels {shuffled:.2f}")
+    assert model_fid < noise_fid / 50
+    assert matched < shuffled / 5
