@@ -39,12 +39,14 @@ def _demo(args) -> int:
 def _sweep(args) -> int:
     from pathlib import Path
 
-    from .eval.sweep import plot, run_sweep, summarize, summary_table
+    from .eval.sweep import _distributed, plot, run_sweep, summarize, summary_table
 
     rows = run_sweep(args.model, args.schedulers.split(","), [int(n) for n in args.nfe.split(",") if n.strip()],
                      guidances=[float(g) for g in args.guidance.split(",")],
                      seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples, out=args.out,
                      cache_dir=args.cache_dir)
+    if _distributed()[0] != 0:
+        return 0
     summary = summarize(rows)
     print(summary_table(summary))
     png = Path(args.out).with_suffix(".png")

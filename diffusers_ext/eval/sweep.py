@@ -111,7 +111,23 @@ class _GMMMetric:
         return float((out - self._refs[cell.seed]).pow(2).mean().sqrt())
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group (gloo on CPU) under torchrun / accelerate launch."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 class _DigitsMetric:
+    """digits-cnn FID of one cell. Under several processes each rank samples a share of the cell's noises
+    (all drawn from the cell's seed, so the samples do not depend on the process count), extracts their
+    features, and rank 0 gathers them in sample order before computing the statistics."""
+
     name = "fid"
 
     def __init__(self, num_samples: int, cache_dir):
@@ -124,14 +140,30 @@ class _DigitsMetric:
         self.reference = statistics(to_uint8(train), cache_dir=cache_dir)
 
     def __call__(self, scheduler, cell: Cell) -> float:
-        from ..models.digits import NUM_CLASSES
-        from .fid import fid_statistics_to_metric, statistics
+        from torch_fidelity.metric_fid import fid_features_to_statistics
 
+        from ..models.digits import NUM_CLASSES
+        from .fid import extract_features, fid_statistics_to_metric
+
+        rank, world = _distributed()
         self.pipe.scheduler = scheduler
         labels = torch.arange(self.num_samples) % NUM_CLASSES
-        images = self.pipe(class_labels=labels, num_inference_steps=cell.nfe, guidance_scale=cell.guidance,
-                           generator=torch.Generator().manual_seed(cell.seed), output_type="uint8").images
-        return fid_statistics_to_metric(statistics(images), self.reference, False)["frechet_inception_distance"]
+        noise = torch.randn(self.num_samples, 1, 8, 8, generator=torch.Generator().manual_seed(cell.seed))
+        mine = torch.arange(rank, self.num_samples, world)
+        images = self.pipe(class_labels=labels[mine], latents=noise[mine], num_inference_steps=cell.nfe,
+                           guidance_scale=cell.guidance, generator=torch.Generator().manual_seed(cell.seed + rank),
+                           output_type="uint8").images
+        feats = torch.from_numpy(extract_features(images.cpu()))
+        if world > 1:
+            import torch.distributed as dist
+
+            shards = [None] * world
+            dist.all_gather_object(shards, (mine, feats))
+            feats = torch.empty(self.num_samples, feats.shape[1], dtype=feats.dtype)
+            for idx, part in shards:
+                feats[idx] = part
+        stats = fid_features_to_statistics(feats)
+        return fid_statistics_to_metric(stats, self.reference, False)["frechet_inception_distance"]
 
 
 def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0,), seeds=(0,), num_samples: int = 500,
@@ -150,15 +182,17 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     cells = [Cell(s, n, float(g), int(seed)) for s in schedulers for g in guidances for n in nfes for seed in seeds]
     done = load_done(out)
     todo = [c for c in cells if c.key() not in done]
+    rank = _distributed()[0]
     metric = None
-    for cell in tqdm(todo, desc=f"sweep {model}", disable=not progress):
+    for cell in tqdm(todo, desc=f"sweep {model}", disable=not progress or rank != 0):
         if metric is None:
             metric = _GMMMetric(num_samples) if model == "gmm" else _DigitsMetric(num_samples, cache_dir)
         path, overrides = specs[cell.scheduler]
         value = metric(make_scheduler(path, overrides), cell)
         row = {**asdict(cell), "model": model, "metric": metric.name,
                "value": value if math.isfinite(value) else None, "num_samples": num_samples}
-        _append(out, row)
+        if rank == 0:  # one writer; every rank computed the same gathered value
+            _append(out, row)
         done[cell.key()] = row
     return [done[c.key()] for c in cells]
 

@@ -55,8 +55,8 @@ class DigitsPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, class_labels=None, batch_size: int | None = None, num_inference_steps: int = 20,
-                 guidance_scale: float = 1.0, generator: torch.Generator | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+                 guidance_scale: float = 1.0, generator: torch.Generator | None = None,
+                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
         if class_labels is None:
             n = batch_size or 1
             class_labels = torch.arange(n) % NUM_CLASSES
@@ -66,7 +66,11 @@ class DigitsPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "pt", "uint8"):
             raise ValueError(f"Unknown output_type {output_type!r}; valid choices: pil, np, pt, uint8")
         model = self.guided_model(labels, float(guidance_scale))
-        x = randn_tensor((labels.numel(), 1, 8, 8), generator=generator, device=self.device, dtype=self.unet.dtype)
+        shape = (labels.numel(), 1, 8, 8)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        x = latents.to(self.device, self.unet.dtype) if latents is not None else \
+            randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
         x = x * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         # diffusers' UniPC and DEIS reject `generator`; pass it only where step takes it
