@@ -56,10 +56,13 @@ def _sweep(args) -> int:
 
 
 def _fid(args) -> int:
-    from .eval.fid import fid
+    from .eval.fid import fid, kid_and_precision_recall
 
-    print(json.dumps(fid(args.input1, args.input2, extractor=args.extractor, inception_weights=args.inception_weights,
-                         cache_dir=args.cache_dir)))
+    result = fid(args.input1, args.input2, extractor=args.extractor, inception_weights=args.inception_weights,
+                 cache_dir=args.cache_dir)
+    if args.kid_prc:
+        result.update(kid_and_precision_recall(args.input1, args.input2, args.extractor, args.inception_weights))
+    print(json.dumps(result))
     return 0
 
 
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     fid.add_argument("--extractor", default="digits-cnn", help="digits-cnn or inception-v3-compat")
     fid.add_argument("--inception-weights", default=None, help="path to torch-fidelity's Inception weights")
     fid.add_argument("--cache-dir", default=None, help="cache statistics here (keyed by data and weights hash)")
+    fid.add_argument("--kid-prc", action="store_true", help="also KID and precision/recall (two image inputs)")
     fid.set_defaults(func=_fid)
     train = sub.add_parser("train-digits", help="train the embedded digits UNet and classifier (seeded)")
     train.add_argument("--out", default="digits-weights", help="output folder (pipeline + classifier.safetensors)")

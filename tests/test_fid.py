@@ -100,3 +100,15 @@ def test_fid_cli_prints_json(tmp_path, capsys):
     assert main(["fid", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["fid"] == pytest.approx(fidmod.fid(a, b)["fid"], rel=1e-9)
+
+
+def test_kid_and_precision_recall_equal_torch_fidelity():
+    a, b = _inputs()
+    register()
+    theirs = torch_fidelity.calculate_metrics(input1=_Images(a), input2=_Images(b), kid=True, prc=True, cuda=False,
+                                              feature_extractor="digits-cnn", verbose=False, save_cpu_ram=True,
+                                              kid_subset_size=len(a))
+    ours = fidmod.kid_and_precision_recall(a, b)
+    assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
+    assert ours["precision"] == pytest.approx(theirs["precision"], rel=1e-6)
+    assert ours["recall"] == pytest.approx(theirs["recall"], rel=1e-6)

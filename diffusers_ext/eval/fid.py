@@ -135,3 +135,20 @@ def fid(input1, input2, extractor: str = DIGITS_CNN, inception_weights=None, cac
     s2 = statistics(input2, extractor, inception_weights, cache_dir)
     return {"fid": fid_statistics_to_metric(s1, s2, verbose=False)["frechet_inception_distance"],
             "extractor": extractor}
+
+
+def kid_and_precision_recall(input1, input2, extractor: str = DIGITS_CNN, inception_weights=None,
+                             kid_subset_size: int = 1000, seed: int = 2020) -> dict:
+    """KID (mean, std over subsets) and precision / recall / F-score with torch-fidelity's own functions
+    (input1 generated, input2 real). The KID subset size is capped at the smaller input."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    f1 = torch.from_numpy(extract_features(load_images(input1), extractor, inception_weights))
+    f2 = torch.from_numpy(extract_features(load_images(input2), extractor, inception_weights))
+    size = min(kid_subset_size, len(f1), len(f2))
+    kid = kid_features_to_metric(f1, f2, kid_subset_size=size, rng_seed=seed, verbose=False)
+    prc = prc_features_to_metric(f1, f2, verbose=False, save_cpu_ram=True)
+    return {"kid_mean": kid["kernel_inception_distance_mean"], "kid_std": kid["kernel_inception_distance_std"],
+            "kid_subset_size": size, "precision": prc["precision"], "recall": prc["recall"],
+            "f_score": prc["f_score"]}

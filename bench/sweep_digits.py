@@ -1,0 +1,23 @@
+"""digits-cnn FID at NFE 3-20, guidance 1 and 3, three seeds: ours against diffusers' built-ins.
+
+Resumable (bench/results/sweep_digits.jsonl); prints the mean ± std table and writes the plot.
+
+    python bench/sweep_digits.py [--samples 500] [--seeds 0,1,2]
+"""
+
+import argparse
+
+from diffusers_ext.cli import DEMO_SCHEDULERS
+from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--seeds", default="0,1,2")
+    args = parser.parse_args()
+    rows = run_sweep("digits", list(DEMO_SCHEDULERS), [3, 4, 5, 6, 8, 10, 15, 20], guidances=[1.0, 3.0],
+                     seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples,
+                     out="bench/results/sweep_digits.jsonl", cache_dir="results/stats-cache")
+    summary = summarize(rows)
+    plot(summary, "bench/results/sweep_digits.png", "digits-cnn FID")
+    print(summary_table(summary))
