@@ -44,7 +44,7 @@ def _sweep(args) -> int:
     rows = run_sweep(args.model, args.schedulers.split(","), [int(n) for n in args.nfe.split(",") if n.strip()],
                      guidances=[float(g) for g in args.guidance.split(",")],
                      seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples, out=args.out,
-                     cache_dir=args.cache_dir)
+                     cache_dir=args.cache_dir, reference=args.reference, extractor=args.extractor)
     if _distributed()[0] != 0:
         return 0
     summary = summarize(rows)
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--gmm-only", action="store_true", help="skip the digits sweep")
     demo.set_defaults(func=_demo)
     sweep = sub.add_parser("sweep", help="schedulers x NFE x guidance x seeds; resumable JSONL results, table, plot")
-    sweep.add_argument("--model", default="digits", help="digits or gmm")
+    sweep.add_argument("--model", default="digits", help="digits, gmm, or a local diffusers pipeline folder")
+    sweep.add_argument("--reference", default=None, help="real images (PNG folder or stats file) for a pipeline folder")
+    sweep.add_argument("--extractor", default="digits-cnn", help="FID features: digits-cnn or inception-v3-compat")
     sweep.add_argument("--schedulers", default="dpm++2m,unipc,deis,diffusers:DPMSolverMultistepScheduler",
                        help="comma-separated scheduler specs (name[:key=value...], diffusers:ClassName)")
     sweep.add_argument("--nfe", default="5,10,20", help="comma-separated NFEs")

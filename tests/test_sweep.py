@@ -66,3 +66,32 @@ def test_bad_input_before_any_work(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _run(out, **kw)
     assert not out.exists()
+
+
+def test_local_pipeline_folder(tmp_path):
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from diffusers_ext.eval.fid import save_pngs
+    from diffusers_ext.models.digits import load_digits, to_uint8
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
+    save_pngs(to_uint8(load_digits("test")[0]), tmp_path / "real")
+    rows = sw.run_sweep(str(tmp_path / "pipe"), ["unipc", "dpm++2m"], [2], num_samples=12, out=tmp_path / "p.jsonl",
+                        reference=tmp_path / "real", progress=False)
+    assert len(rows) == 2 and all(r["value"] > 0 for r in rows)
+
+
+def test_pipeline_folder_errors(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="needs --reference"):
+        sw.run_sweep(str(tmp_path / "broken"), ["unipc"], [2], out=tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match="does not load"):
+        sw.run_sweep(str(tmp_path / "broken"), ["unipc"], [2], out=tmp_path / "x.jsonl", reference=tmp_path)
+    with pytest.raises(ValueError, match="a local diffusers pipeline folder"):
+        sw.run_sweep(str(tmp_path / "missing"), ["unipc"], [2], out=tmp_path / "x.jsonl")

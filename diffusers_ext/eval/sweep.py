@@ -166,11 +166,58 @@ class _DigitsMetric:
         return fid_statistics_to_metric(stats, self.reference, False)["frechet_inception_distance"]
 
 
+class _PipelineMetric:
+    """FID of a local diffusers pipeline folder (unconditional: called with ``batch_size``) against
+    reference images (a PNG folder or a statistics file)."""
+
+    name = "fid"
+
+    def __init__(self, folder, reference, extractor: str, num_samples: int, cache_dir):
+        from .fid import statistics
+
+        self.pipe, self.num_samples, self.extractor = _load_pipeline_folder(folder), num_samples, extractor
+        self.reference = statistics(reference, extractor, cache_dir=cache_dir)
+
+    def __call__(self, scheduler, cell: Cell) -> float:
+        import inspect
+
+        from .fid import fid_statistics_to_metric, statistics
+
+        self.pipe.scheduler = scheduler
+        kwargs = {"batch_size": self.num_samples, "num_inference_steps": cell.nfe,
+                  "generator": torch.Generator().manual_seed(cell.seed), "output_type": "np"}
+        if "guidance_scale" in inspect.signature(self.pipe.__call__).parameters:
+            kwargs["guidance_scale"] = cell.guidance
+        images = self.pipe(**kwargs).images
+        uint8 = torch.from_numpy((images * 255).round().clip(0, 255).astype("uint8")).permute(0, 3, 1, 2)
+        stats = statistics(uint8, self.extractor)
+        return fid_statistics_to_metric(stats, self.reference, False)["frechet_inception_distance"]
+
+
+def _load_pipeline_folder(folder):
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any loading failure is reported the same way
+        raise ValueError(f"The pipeline folder {folder} does not load: {type(err).__name__}: {err}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0,), seeds=(0,), num_samples: int = 500,
-              out: str | Path = "results/sweep.jsonl", cache_dir=None, progress: bool = True) -> list[dict]:
-    """Run every missing cell, appending to ``out``; returns all rows (old and new) of this sweep."""
-    if model not in MODELS:
-        raise ValueError(f"Unknown model {model!r}; valid choices: {', '.join(MODELS)}")
+              out: str | Path = "results/sweep.jsonl", cache_dir=None, progress: bool = True, reference=None,
+              extractor: str = "digits-cnn") -> list[dict]:
+    """Run every missing cell, appending to ``out``; returns all rows (old and new) of this sweep.
+
+    ``model``: "digits", "gmm", or a local diffusers pipeline folder (then ``reference``, a PNG folder or a
+    statistics file, is required)."""
+    is_folder = model not in MODELS
+    if is_folder and not (Path(model) / "model_index.json").is_file():
+        raise ValueError(f"Unknown model {model!r}; valid choices: {', '.join(MODELS)}, or a local diffusers "
+                         f"pipeline folder (with model_index.json)")
+    if is_folder and reference is None:
+        raise ValueError("A pipeline folder needs --reference: a folder of real PNG images or a statistics file")
     nfes = [int(n) for n in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"NFE list must be non-empty and positive, got {nfes}")
@@ -183,7 +230,7 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     done = load_done(out)
     todo = [c for c in cells if c.key() not in done]
     rank = _distributed()[0]
-    metric = None
+    metric = _PipelineMetric(model, reference, extractor, num_samples, cache_dir) if is_folder and todo else None
     for cell in tqdm(todo, desc=f"sweep {model}", disable=not progress or rank != 0):
         if metric is None:
             metric = _GMMMetric(num_samples) if model == "gmm" else _DigitsMetric(num_samples, cache_dir)
