@@ -33,6 +33,11 @@ def main():
     results = ROOT / "bench" / "results"
     if (results / "gmm_accuracy.json").exists():
         text = replace(text, "gmm-accuracy", markdown_table(json.loads((results / "gmm_accuracy.json").read_text())))
+    if (results / "sweep_digits.jsonl").exists():
+        from diffusers_ext.eval.sweep import load_done, summarize, summary_table
+
+        rows = list(load_done(results / "sweep_digits.jsonl").values())
+        text = replace(text, "sweep-digits", summary_table(summarize(rows)))
     for device in ("cpu", "cuda"):
         path = results / f"step_cost_{device}.json"
         if path.exists():
