@@ -17,7 +17,7 @@ import numpy as np
 
 from .noise_schedules import NoiseSchedule
 from .predictions import conversion
-from .step_rule import SAVED, StepRule
+from .step_rule import SAVED, M, StepRule
 
 
 @dataclass
@@ -74,37 +74,42 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
     cx_m, co_m = conversion(output_type, target, a, s)
     cx_d, co_d = conversion(output_type, "data", a, s)
 
+    def fold(row: np.ndarray, lin, i: int, n: int) -> None:
+        """Add ``lin``'s coefficients for step i into ``row`` (conversions folded, M(k) mapped to slots)."""
+        for key, v in lin.terms.items():
+            if v == 0.0:
+                continue
+            if key == "x":
+                row[0] += v
+            elif key == "data":
+                row[0] += v * cx_d[i]
+                row[1] += v * co_d[i]
+            elif key == ("m", 0):
+                row[0] += v * cx_m[i]
+                row[1] += v * co_m[i]
+            elif isinstance(key, tuple) and key[0] == "m":
+                k = key[1]
+                if not 1 <= k <= min(n, K):
+                    raise AssertionError(f"step {i} uses M({k}) but only {min(n, K)} earlier outputs exist")
+                row[first_hist + (n - k) % K] += v
+            elif key in col:
+                row[col[key]] += v
+            else:
+                raise AssertionError(f"step {i} uses {key!r}, which this scheduler does not provide")
+
     for i in range(begin, n_steps):
         n = i - begin
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             step = rule(grid, i, n)
         lins = [step.x_next] + ([step.saved_next if step.saved_next is not None else SAVED]
                                 if uses_saved else [])
-        for r, lin in enumerate(lins):
-            row = table[i, r]
-            for key, v in lin.terms.items():
-                if v == 0.0:
-                    continue
-                if key == "x":
-                    row[0] += v
-                elif key == "data":
-                    row[0] += v * cx_d[i]
-                    row[1] += v * co_d[i]
-                elif key == ("m", 0):
-                    row[0] += v * cx_m[i]
-                    row[1] += v * co_m[i]
-                elif isinstance(key, tuple) and key[0] == "m":
-                    k = key[1]
-                    if not 1 <= k <= min(n, K):
-                        raise AssertionError(f"step {i} uses M({k}) but only {min(n, K)} earlier outputs exist")
-                    row[first_hist + (n - k) % K] += v
-                elif key in col:
-                    row[col[key]] += v
-                else:
-                    raise AssertionError(f"step {i} uses {key!r}, which this scheduler does not provide")
         if K > 0:
-            table[i, -1, 0], table[i, -1, 1] = cx_m[i], co_m[i]
+            lins.append(step.history_entry if step.history_entry is not None else M(0))
             slots[i] = n % K
+        elif step.history_entry is not None:
+            raise AssertionError(f"step {i} records a history entry but the scheduler keeps no history")
+        for r, lin in enumerate(lins):
+            fold(table[i, r], lin, i, n)
     if not np.all(np.isfinite(table[begin:])):
         bad = int(np.argwhere(~np.isfinite(table[begin:]).all(axis=(1, 2)))[0, 0]) + begin
         raise ValueError(f"Step {bad} (t={grid.t[bad]:g} -> {grid.t[bad + 1]:g}) has non-finite coefficients: "

@@ -74,10 +74,12 @@ def M(k: int) -> Lin:
 
 @dataclass
 class StepRule:
-    """What one ``step`` computes: the next sample and, optionally, the sample to keep for later."""
+    """What one ``step`` computes: the next sample, optionally the sample to keep for later, and the
+    history entry recorded for this step (default ``M(0)``; dynamic compensation records a corrected one)."""
 
     x_next: Lin
     saved_next: Lin | None = None
+    history_entry: Lin | None = None
 
     def is_finite(self) -> bool:
-        return self.x_next.is_finite() and (self.saved_next is None or self.saved_next.is_finite())
+        return all(lin is None or lin.is_finite() for lin in (self.x_next, self.saved_next, self.history_entry))
