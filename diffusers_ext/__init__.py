@@ -1,6 +1,6 @@
 """diffusers-ext: fast few-step samplers as drop-in Hugging Face diffusers schedulers."""
 
-from .schedulers import DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
+from .schedulers import DCSolverScheduler, DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
 
 __version__ = "0.1.0"
-__all__ = ["DEISScheduler", "DPMSolverPPScheduler", "UniPCScheduler"]
+__all__ = ["DEISScheduler", "DPMSolverPPScheduler", "UniPCScheduler", "DCSolverScheduler"]

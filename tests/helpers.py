@@ -1,7 +1,20 @@
 """Shared test helpers."""
 
 
-from diffusers_ext import DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
+import numpy as np
+
+from diffusers_ext import DCSolverScheduler, DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
+
+
+def simple_cpr(c0=1.0, c1=-0.1, nfe_range=(3, 50), guidance_range=(1, 15)) -> dict:
+    """A CPR config with rho(x) = c0 + c1 x for every (NFE, guidance): ratios for any number of steps."""
+    w = np.zeros((4, 3, 3))
+    w[0, 2, 2], w[1, 2, 2] = c0, c1
+    return {"coefficients": w.reshape(-1).tolist(), "nfe_range": list(nfe_range),
+            "guidance_range": list(guidance_range)}
+
+
+DC = {"dc_cpr": simple_cpr(), "dc_guidance_scale": 1.0}
 
 # one main variant per family, plus the variants with their own code paths
 SCHEDULER_VARIANTS = {
@@ -13,6 +26,8 @@ SCHEDULER_VARIANTS = {
     "unipc-bh2": (UniPCScheduler, {}),
     "unipc-bh1-3": (UniPCScheduler, {"solver_type": "bh1", "solver_order": 3}),
     "unip-noise": (UniPCScheduler, {"use_corrector": False, "predict_x0": False}),
+    "dc-solver": (DCSolverScheduler, DC),
+    "dpm++2m-dc": (DPMSolverPPScheduler, DC),
     "deis-tab3": (DEISScheduler, {}),
     "deis-rhoab3": (DEISScheduler, {"solver_type": "rhoab"}),
     "deis-ipndm4": (DEISScheduler, {"solver_type": "ipndm", "solver_order": 4}),

@@ -30,7 +30,7 @@ from .grids import FINAL_SIGMA_TYPES, build_grid, resolve_spacing
 from .noise_schedules import FlowMatching, NoiseSchedule, VPContinuous, VPDiscrete
 from .plan import Grid, StepPlan, build_plan
 from .predictions import PREDICTION_TYPES, conversion
-from .step_rule import StepRule
+from .step_rule import Lin, M, StepRule
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 NOISE_SCHEDULES = ("discrete", "linear", "cosine")
@@ -129,6 +129,13 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
     def family_grid(self, grid_times: np.ndarray) -> np.ndarray:
         """Hook for families that evaluate at extra points (Runge-Kutta stages); default: unchanged."""
         return grid_times
+
+    def prepare_plan(self, grid: Grid) -> None:
+        """Hook run before the table is built for ``grid`` (e.g. resolve per-step options); default: none."""
+
+    def recorded_output(self, grid: Grid, i: int, n: int) -> Lin:
+        """The history entry of step i (and the predictor's current output); default ``M(0)``."""
+        return M(0)
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod
@@ -230,6 +237,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         if not 0 <= begin < self._grid.num_steps:
             raise ValueError(f"begin index {begin} outside [0, {self._grid.num_steps - 1}]")
         output_type = "sample" if self.config.thresholding else self.config.prediction_type
+        self.prepare_plan(self._grid)
         self._plan = build_plan(self._grid, begin, self.step_rule, history_size=self.history_size,
                                 uses_saved=self.uses_saved_sample, stochastic=self.stochastic, target=self.target,
                                 output_type=output_type)

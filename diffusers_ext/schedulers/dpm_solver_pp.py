@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import SolverScheduler, warmup_order
+from .compensation import DynamicCompensation
 from .plan import Grid
 from .step_rule import NOISE, SAVED, M, StepRule, X
 
@@ -42,13 +43,16 @@ def singlestep_orders(num_steps: int, order: int, lower_order_final: bool, final
     return orders
 
 
-class DPMSolverPPScheduler(SolverScheduler):
+class DPMSolverPPScheduler(DynamicCompensation, SolverScheduler):
     """DPM-Solver++ as a diffusers scheduler (arXiv 2211.01095).
 
     Options (diffusers' names): ``solver_order`` 1-3, ``algorithm_type`` "dpmsolver++" or
     "sde-dpmsolver++", ``solver_type`` "midpoint" or "heun", ``singlestep`` (2S/3S instead of multistep),
     ``lower_order_final``, ``euler_at_final``, ``thresholding`` and every grid / schedule option of
     ``SolverScheduler``.
+
+    Predictor-only dynamic compensation (DC-Solver, arXiv 2409.03755, section 4.4): the ``dc_*`` options of
+    ``compensation.py`` (multistep only).
 
     ``third_order_taylor``: the published 3M update (official code and diffusers) weights
     D2 = (D1_0 - D1_1) / (r0 + r1) = h^2 m''/2 with phi3, whose Taylor coefficient multiplies h^2 m'', so
@@ -67,6 +71,10 @@ class DPMSolverPPScheduler(SolverScheduler):
 
     def validate_family_config(self) -> None:
         cfg = self.config
+        self.validate_compensation()
+        if cfg.singlestep and self.compensates:
+            raise ValueError("dynamic compensation (dc_ratios / dc_cpr) needs multistep DPM-Solver++; set "
+                             "singlestep=False")
         if cfg.algorithm_type not in ALGORITHM_TYPES:
             raise ValueError(f"Unknown algorithm_type {cfg.algorithm_type!r}; valid choices: {ALGORITHM_TYPES}")
         if cfg.solver_type not in SOLVER_TYPES:
@@ -78,7 +86,7 @@ class DPMSolverPPScheduler(SolverScheduler):
 
     @property
     def history_size(self) -> int:
-        return self.config.solver_order - 1
+        return max(self.config.solver_order - 1, self.compensation_history)
 
     @property
     def uses_saved_sample(self) -> bool:
@@ -116,10 +124,11 @@ class DPMSolverPPScheduler(SolverScheduler):
             base = (sigma[t] / sigma[s0]) * X
             phi1 = np.expm1(-h)
             hh = h
-        x_next = base - (a_t * phi1) * M(0)
+        m0 = self.recorded_output(grid, i, n)  # predictor-only dynamic compensation acts here
+        x_next = base - (a_t * phi1) * m0
         if order == 2:
             r0 = (lam[s0] - lam[s0 - 1]) / h
-            d1 = (M(0) - M(1)) / r0
+            d1 = (m0 - M(1)) / r0
             if self.config.solver_type == "midpoint":
                 x_next = x_next - (0.5 * a_t * phi1) * d1
             else:
@@ -127,7 +136,7 @@ class DPMSolverPPScheduler(SolverScheduler):
         elif order == 3:
             r0 = (lam[s0] - lam[s0 - 1]) / h
             r1 = (lam[s0 - 1] - lam[s0 - 2]) / h
-            d1_0, d1_1 = (M(0) - M(1)) / r0, (M(1) - M(2)) / r1
+            d1_0, d1_1 = (m0 - M(1)) / r0, (M(1) - M(2)) / r1
             d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
             d2 = (d1_0 - d1_1) / (r0 + r1)  # = h^2 m'' / 2 (the published formula)
             if self.config.third_order_taylor:
@@ -136,7 +145,7 @@ class DPMSolverPPScheduler(SolverScheduler):
             # ODE: phi3 = phi2 / h - 0.5; the exp(-2h) integrator of the SDE flips the constant
             phi3 = (phi1 + hh) / hh**2 + (0.5 if sde else -0.5)
             x_next = x_next + (a_t * phi2) * d1 - (a_t * phi3) * d2
-        return StepRule(x_next)
+        return StepRule(x_next, history_entry=m0 if self.history_size else None)
 
     def _singlestep_rule(self, grid: Grid, i: int, n: int) -> StepRule:
         cfg, N = self.config, grid.num_steps

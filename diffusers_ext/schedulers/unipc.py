@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .base import SolverScheduler
+from .compensation import DynamicCompensation
 from .plan import Grid
 from .step_rule import DATA, SAVED, Lin, M, StepRule, X
 
@@ -52,12 +53,13 @@ def unipc_weights(lam: np.ndarray, s0: int, t: int, earlier: list[int], order: i
     return h_phi_1, b_h, rks, rhos
 
 
-class UniPCScheduler(SolverScheduler):
+class UniPCScheduler(DynamicCompensation, SolverScheduler):
     """UniPC as a diffusers scheduler (arXiv 2302.04867).
 
     Options (diffusers' names): ``solver_order`` 1-3, ``solver_type`` "bh1" / "bh2", ``predict_x0``,
     ``lower_order_final``, ``disable_corrector`` (step indices whose following corrector is skipped), and
-    ``use_corrector=False`` for UniP alone. Every grid / schedule option of ``SolverScheduler`` applies.
+    ``use_corrector=False`` for UniP alone. Every grid / schedule option of ``SolverScheduler`` applies, and
+    the ``dc_*`` options of dynamic compensation (``compensation.py``; ``DCSolverScheduler`` is UniPC with it).
     """
 
     family_options = {
@@ -70,6 +72,7 @@ class UniPCScheduler(SolverScheduler):
 
     def validate_family_config(self) -> None:
         cfg = self.config
+        self.validate_compensation()
         if cfg.solver_type not in SOLVER_TYPES:
             raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {SOLVER_TYPES}")
         if not all(isinstance(i, int) for i in cfg.disable_corrector):
@@ -81,7 +84,7 @@ class UniPCScheduler(SolverScheduler):
 
     @property
     def history_size(self) -> int:
-        return self.config.solver_order
+        return max(self.config.solver_order, self.compensation_history)
 
     def predictor_order(self, grid: Grid, i: int, n: int) -> int:
         cfg = self.config
@@ -118,12 +121,14 @@ class UniPCScheduler(SolverScheduler):
             if corrected.is_finite():
                 x_c = corrected
         # UniP: predict x_{i+1}; lower the order where a point at infinite lambda makes it degenerate
+        m0 = self.recorded_output(grid, i, n)  # dynamic compensation acts here, after the corrector
         for order in range(self.predictor_order(grid, i, n), 0, -1):
             earlier = [(i - k, M(k)) for k in range(1, order)]
-            x_next = self._update(grid, x_c, i, i + 1, order, M(0), earlier, new=None)
+            x_next = self._update(grid, x_c, i, i + 1, order, m0, earlier, new=None)
             if x_next.is_finite():
-                return StepRule(x_next, saved_next=x_c)
+                return StepRule(x_next, saved_next=x_c, history_entry=m0)
         # noise prediction at alpha = 0 (flow grids starting at sigma = 1): the data-form first step
         h = grid.lam[i + 1] - grid.lam[i]
         return StepRule((grid.sigma[i + 1] / grid.sigma[i]) * x_c - (grid.alpha[i + 1] * np.expm1(-h)) * DATA,
                         saved_next=x_c)
+

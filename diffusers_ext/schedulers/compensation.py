@@ -1,0 +1,129 @@
+"""Dynamic compensation (DC-Solver, arXiv 2409.03755) as an option of multistep solvers.
+
+At step i >= 2, after UniC's corrector and before the predictor, the newest buffered model output is
+replaced by the Lagrange polynomial through the last three buffered outputs (in the model's time variable),
+evaluated at
+
+    t' = t_{i-1} + rho_i (t_i - t_{i-1}).
+
+rho_i = 1 gives t' = t_i, the output itself: a no-op. The compensated output is what the predictor uses
+and what the history keeps (later steps and the next corrector see it), so in the coefficient table it is
+one more linear combination of M(0), M(1), M(2).
+
+Ratios come from, in order: ``dc_ratios`` (one per step), ``dc_cpr`` (a fitted cascade polynomial
+regression, see ``cpr.py``, evaluated at the run's NFE and ``dc_guidance_scale``), else none (or, for
+``DCSolverScheduler``, all ones with a warning that it is uncalibrated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
+from .plan import Grid
+from .step_rule import Lin, M
+
+DC_POINTS = 3  # Lagrange interpolation through three buffered outputs (the paper's dc_order 2)
+
+SHIPPED_CPR = {"digits": os.path.join(os.path.dirname(__file__), "..", "models", "digits", "weights",
+                                      "dc_cpr.json")}
+
+
+def lagrange_weights(nodes: np.ndarray, at: float) -> np.ndarray:
+    """Weights l_j with p(at) = sum_j l_j f(nodes_j) for the interpolating polynomial through ``nodes``."""
+    nodes = np.asarray(nodes, dtype=np.float64)
+    weights = np.ones(len(nodes))
+    for j in range(len(nodes)):
+        for k in range(len(nodes)):
+            if k != j:
+                weights[j] *= (at - nodes[k]) / (nodes[j] - nodes[k])
+    return weights
+
+
+def compensated_output(grid: Grid, i: int, ratio: float) -> Lin:
+    """The compensated output of step i: sum_j l_j M(j) at t' = t_{i-1} + ratio (t_i - t_{i-1})."""
+    at = grid.t[i - 1] + ratio * (grid.t[i] - grid.t[i - 1])
+    weights = lagrange_weights(grid.t[[i - j for j in range(DC_POINTS)]], at)
+    out = Lin()
+    for j, w in enumerate(weights):
+        out = out + w * M(j)
+    return out
+
+
+def load_cpr(cpr: str | dict) -> CascadePolynomialRegression:
+    """A CPR from its config dict, or a shipped one by name (e.g. "digits")."""
+    if isinstance(cpr, str):
+        if cpr not in SHIPPED_CPR:
+            raise ValueError(f"Unknown shipped CPR {cpr!r}; valid names: {sorted(SHIPPED_CPR)} "
+                             f"(or pass the fitted coefficients as a dict)")
+        with open(SHIPPED_CPR[cpr]) as f:
+            cpr = json.load(f)
+    return CascadePolynomialRegression.from_config(cpr)
+
+
+class DynamicCompensation:
+    """Mixin for multistep families: the ``dc_*`` options and the compensated current output.
+
+    A family uses ``self.recorded_output(grid, i, n)`` where its predictor used ``M(0)`` and records it with
+    ``StepRule(history_entry=...)``; ``compensation_history`` is the history its ring must hold.
+    """
+
+    family_options: ClassVar[dict[str, Any]] = {
+        "dc_ratios": None,  # list, one ratio per step
+        "dc_cpr": None,  # CPR config dict, or a shipped CPR's name
+        "dc_guidance_scale": None,  # the guidance scale the CPR is evaluated at
+    }
+    always_compensate: ClassVar[bool] = False  # DCSolverScheduler: on even when uncalibrated (ratios 1)
+
+    @property
+    def compensates(self) -> bool:
+        cfg = self.config
+        return self.always_compensate or cfg.dc_ratios is not None or cfg.dc_cpr is not None
+
+    @property
+    def compensation_history(self) -> int:
+        return DC_POINTS - 1 if self.compensates else 0
+
+    def validate_compensation(self) -> None:
+        cfg = self.config
+        if cfg.dc_ratios is not None:
+            ratios = np.asarray(cfg.dc_ratios, dtype=np.float64) if isinstance(cfg.dc_ratios, (list, tuple)) else None
+            if ratios is None or ratios.ndim != 1 or not np.all(np.isfinite(ratios)):
+                raise ValueError(f"dc_ratios must be a list of finite numbers, one per step; got {cfg.dc_ratios!r}")
+        if cfg.dc_cpr is not None:
+            load_cpr(cfg.dc_cpr)  # validates
+            if cfg.dc_ratios is None and cfg.dc_guidance_scale is None:
+                raise ValueError("dc_cpr predicts ratios for an (NFE, guidance scale): set dc_guidance_scale to the "
+                                 "pipeline's guidance_scale (1.0 without guidance)")
+
+    def resolve_ratios(self, num_steps: int) -> np.ndarray | None:
+        """One ratio per step of a ``num_steps`` run, or None without compensation."""
+        cfg = self.config
+        if cfg.dc_ratios is not None:
+            ratios = np.asarray(cfg.dc_ratios, dtype=np.float64)
+            if len(ratios) != num_steps:
+                raise ValueError(f"dc_ratios has {len(ratios)} entries but the run has {num_steps} steps: calibrate "
+                                 f"for this number of steps, or use dc_cpr to predict ratios for it")
+            return ratios
+        if cfg.dc_cpr is not None:
+            return load_cpr(cfg.dc_cpr).ratios(num_steps, float(cfg.dc_guidance_scale))
+        if self.always_compensate:
+            warnings.warn(f"{type(self).__name__} has neither dc_ratios nor dc_cpr: it is uncalibrated and runs with "
+                          f"ratios 1 (plain UniPC). Calibrate with diffusers_ext.search.calibrate_dc.", stacklevel=3)
+            return np.ones(num_steps)
+        return None
+
+    def prepare_plan(self, grid: Grid) -> None:
+        self._dc_ratios = self.resolve_ratios(grid.num_steps)
+
+    def recorded_output(self, grid: Grid, i: int, n: int) -> Lin:
+        """M(0), compensated when this step has a ratio and three buffered outputs."""
+        ratios = getattr(self, "_dc_ratios", None)
+        if ratios is None or n < FIRST_COMPENSATED_STEP or i < FIRST_COMPENSATED_STEP or ratios[i] == 1.0:
+            return M(0)
+        return compensated_output(grid, i, float(ratios[i]))
