@@ -80,6 +80,50 @@ def _train_digits(args) -> int:
     return 0
 
 
+def _calibrate_dc(args) -> int:
+    from .eval.gmm_accuracy import make_scheduler
+    from .eval.sweep import MODELS, load_pipeline_folder, parse_scheduler
+    from .search import calibrate_dc_grid, fit_cpr
+
+    nfes = [int(n) for n in args.nfe.split(",") if n.strip()]
+    guidances = [float(g) for g in args.guidance.split(",") if g.strip()]
+    path, overrides = parse_scheduler(args.scheduler)
+    kwargs = {"num_samples": args.samples, "reference_steps": args.reference_steps, "iterations": args.iterations,
+              "seed": args.seed}
+    if args.model == "gmm":
+        from .models import GaussianMixtureDenoiser
+
+        if guidances != [1.0]:
+            raise SystemExit("the gmm model is unconditional: use --guidance 1")
+        gmm = GaussianMixtureDenoiser()
+        model, kwargs["sample_shape"] = (lambda x, t: gmm(x, t).sample), (2, 4, 4)
+        kwargs["scheduler"] = make_scheduler(path, overrides)
+    else:
+        if args.model == "digits":
+            from .models.digits import load_pipeline
+
+            model = load_pipeline()
+        elif args.model in MODELS:
+            raise SystemExit(f"calibrate-dc supports digits, gmm or a pipeline folder, not {args.model}")
+        else:
+            model = load_pipeline_folder(args.model)
+        cls = type(make_scheduler(path, overrides))
+        kwargs["scheduler"] = cls.from_config(model.scheduler.config, **overrides)
+        if args.prompt:
+            kwargs["conditioning"] = [args.prompt[i % len(args.prompt)] for i in range(args.samples)]
+    calibrations = calibrate_dc_grid(model, nfes, guidances, out=args.out, **kwargs)
+    for (n, g), cal in calibrations.items():
+        gain = 1.0 - sum(cal.loss_calibrated) / max(sum(cal.loss_at_one), 1e-30)
+        print(json.dumps({"nfe": n, "guidance": g, "ratios": [round(r, 4) for r in cal.ratios],
+                          "loss_reduction": round(gain, 4)}))
+    if args.cpr_out:
+        cpr = fit_cpr(calibrations)
+        with open(args.cpr_out, "w") as f:
+            json.dump(cpr.to_config(), f, indent=1)
+        print(json.dumps({"cpr": args.cpr_out, "fit_rmse": cpr.fit_rmse, "configs": len(calibrations)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusers-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--steps", type=int, default=8000, help="UNet training steps")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_train_digits)
+    cal = sub.add_parser("calibrate-dc", help="DC-Solver ratios per (NFE, guidance); resumable JSONL; CPR fit")
+    cal.add_argument("--model", default="digits", help="digits, gmm, or a local diffusers pipeline folder")
+    cal.add_argument("--scheduler", default="DCSolverScheduler",
+                     help="DCSolverScheduler, UniPCScheduler or DPMSolverPPScheduler (predictor-only), with options")
+    cal.add_argument("--nfe", default="5", help="comma-separated NFEs")
+    cal.add_argument("--guidance", default="1", help="comma-separated guidance scales")
+    cal.add_argument("--prompt", action="append", default=[], help="prompt (repeatable; cycled over the samples)")
+    cal.add_argument("--samples", type=int, default=10, help="calibration noises (and labels or prompts)")
+    cal.add_argument("--reference-steps", type=int, default=200, help="steps of the reference solve")
+    cal.add_argument("--iterations", type=int, default=20, help="AdamW iterations per step")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the calibration noises")
+    cal.add_argument("--out", default="results/dc_calibration.jsonl", help="JSONL, one line per (NFE, guidance)")
+    cal.add_argument("--cpr-out", default=None, help="fit a CPR to the grid and write its config (JSON) here")
+    cal.set_defaults(func=_calibrate_dc)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -28,6 +28,8 @@ SCHEDULER_VARIANTS = {
     "unip-noise": (UniPCScheduler, {"use_corrector": False, "predict_x0": False}),
     "dc-solver": (DCSolverScheduler, DC),
     "dpm++2m-dc": (DPMSolverPPScheduler, DC),
+    "dpm++2m-dualfast": (DPMSolverPPScheduler, {"dualfast_strength": 0.3}),
+    "dc-solver-dualfast": (DCSolverScheduler, {**DC, "dualfast_strength": 0.2, "dualfast_schedule": "constant"}),
     "deis-tab3": (DEISScheduler, {}),
     "deis-rhoab3": (DEISScheduler, {"solver_type": "rhoab"}),
     "deis-ipndm4": (DEISScheduler, {"solver_type": "ipndm", "solver_order": 4}),
@@ -48,3 +50,49 @@ def run_sampler(scheduler, model, x, num_steps=None, generator=None, **set_kw):
     for t in scheduler.timesteps:
         x = scheduler.step(model(x, t).sample, t, x, **extra).prev_sample
     return x
+
+
+def tiny_tokenizer(tmp_path):
+    """A CLIP tokenizer over single letters (written to tmp_path): no downloads."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for tok in letters + [f"{c}</w>" for c in letters]:
+        vocab[tok] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=16)
+    return tok, len(vocab)
+
+
+def tiny_clip_config(vocab_size):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def tiny_stable_diffusion(tmp_path, scheduler):
+    """A StableDiffusionPipeline with tiny random components (8x8 latents) and the given scheduler."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer, vocab_size = tiny_tokenizer(tmp_path)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=4, attention_head_dim=4)
+    vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                        norm_num_groups=4, sample_size=8)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(tiny_clip_config(vocab_size)),
+                                   tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -99,6 +99,8 @@ def test_bad_input():
         calibrate_dc(gmm_model, 5)
     with pytest.raises(ValueError, match="multistep"):
         calibrate_dc(gmm_model, 5, scheduler=DPMSolverPPScheduler(singlestep=True), sample_shape=SHAPE)
+    with pytest.raises(ValueError, match="dualfast_strength=0"):
+        calibrate_dc(gmm_model, 5, scheduler=DCSolverScheduler(dualfast_strength=0.5), sample_shape=SHAPE)
     with pytest.raises(ValueError, match=">= 1"):
         calibrate_dc(gmm_model, 0, sample_shape=SHAPE)
     from diffusers_ext.models.digits import load_pipeline

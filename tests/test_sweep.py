@@ -19,7 +19,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, monkeypatch):
     full = _run(tmp_path / "full.jsonl")
     out = tmp_path / "resumed.jsonl"
     calls = {"n": 0}
-    real = sw._GMMMetric.__call__
+    real = sw.GMMMetric.__call__
 
     def dying(self, scheduler, cell):
         calls["n"] += 1
@@ -27,13 +27,13 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed while the 5th cell is in flight
         return real(self, scheduler, cell)
 
-    monkeypatch.setattr(sw._GMMMetric, "__call__", dying)
+    monkeypatch.setattr(sw.GMMMetric, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         _run(out)
     with open(out, "a") as f:
         f.write('{"scheduler": "dpm++2m", "nf')  # a torn line, as a kill during a write leaves it
     assert len(out.read_text().splitlines()) == 5
-    monkeypatch.setattr(sw._GMMMetric, "__call__", real)
+    monkeypatch.setattr(sw.GMMMetric, "__call__", real)
     resumed = _run(out)
     rows = []
     for line in out.read_text().splitlines():

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..results_log import append_row, read_rows
 from .gmm_accuracy import make_scheduler
 
 SHORT_NAMES = {
@@ -71,26 +72,10 @@ def parse_scheduler(spec: str) -> tuple[str, dict]:
 
 def load_done(path: Path) -> dict[str, dict]:
     """Finished cells of a JSONL results file (a torn last line from a killed run is ignored)."""
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[Cell(row["scheduler"], row["nfe"], row["guidance"], row["seed"]).key()] = row
-    return done
+    return {Cell(r["scheduler"], r["nfe"], r["guidance"], r["seed"]).key(): r for r in read_rows(path)}
 
 
-def _append(path: Path, row: dict) -> None:
-    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a") as f:
-        f.write(("\n" if torn else "") + json.dumps(row) + "\n")  # never glue a row onto a torn line
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class _GMMMetric:
+class GMMMetric:
     name = "rmse"
 
     def __init__(self, num_samples: int):
@@ -123,7 +108,7 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-class _DigitsMetric:
+class DigitsMetric:
     """digits-cnn FID of one cell. Under several processes each rank samples a share of the cell's noises
     (all drawn from the cell's seed, so the samples do not depend on the process count), extracts their
     features, and rank 0 gathers them in sample order before computing the statistics."""
@@ -166,7 +151,7 @@ class _DigitsMetric:
         return fid_statistics_to_metric(stats, self.reference, False)["frechet_inception_distance"]
 
 
-class _PipelineMetric:
+class PipelineMetric:
     """FID of a local diffusers pipeline folder (unconditional: called with ``batch_size``) against
     reference images (a PNG folder or a statistics file)."""
 
@@ -175,7 +160,7 @@ class _PipelineMetric:
     def __init__(self, folder, reference, extractor: str, num_samples: int, cache_dir):
         from .fid import statistics
 
-        self.pipe, self.num_samples, self.extractor = _load_pipeline_folder(folder), num_samples, extractor
+        self.pipe, self.num_samples, self.extractor = load_pipeline_folder(folder), num_samples, extractor
         self.reference = statistics(reference, extractor, cache_dir=cache_dir)
 
     def __call__(self, scheduler, cell: Cell) -> float:
@@ -194,7 +179,8 @@ class _PipelineMetric:
         return fid_statistics_to_metric(stats, self.reference, False)["frechet_inception_distance"]
 
 
-def _load_pipeline_folder(folder):
+def load_pipeline_folder(folder):
+    """A local diffusers pipeline folder, loaded without network access (clear error if it does not load)."""
     from diffusers import DiffusionPipeline
 
     try:
@@ -230,16 +216,18 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     done = load_done(out)
     todo = [c for c in cells if c.key() not in done]
     rank = _distributed()[0]
-    metric = _PipelineMetric(model, reference, extractor, num_samples, cache_dir) if is_folder and todo else None
+    metric = PipelineMetric(model, reference, extractor, num_samples, cache_dir) if is_folder and todo else None
     for cell in tqdm(todo, desc=f"sweep {model}", disable=not progress or rank != 0):
         if metric is None:
-            metric = _GMMMetric(num_samples) if model == "gmm" else _DigitsMetric(num_samples, cache_dir)
+            metric = GMMMetric(num_samples) if model == "gmm" else DigitsMetric(num_samples, cache_dir)
         path, overrides = specs[cell.scheduler]
+        if overrides.get("dc_cpr") is not None and overrides.get("dc_guidance_scale") is None:
+            overrides = {**overrides, "dc_guidance_scale": cell.guidance}  # CPR ratios for this cell's guidance
         value = metric(make_scheduler(path, overrides), cell)
         row = {**asdict(cell), "model": model, "metric": metric.name,
                "value": value if math.isfinite(value) else None, "num_samples": num_samples}
         if rank == 0:  # one writer; every rank computed the same gathered value
-            _append(out, row)
+            append_row(out, row)
         done[cell.key()] = row
     return [done[c.key()] for c in cells]
 

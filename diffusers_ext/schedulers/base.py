@@ -5,7 +5,7 @@ A family subclasses ``SolverScheduler`` and provides:
 - ``family_options``: its own config options with defaults (diffusers' names where they exist);
 - ``step_rule(grid, i, n)``: the ``StepRule`` of step i given n earlier outputs (a pure function of the
   grid and the config);
-- ``history_size``, ``uses_saved_sample``, ``stochastic``, ``target`` ("data" or "noise").
+- ``history_size``, ``uses_saved_sample``, ``stochastic``, ``uses_anchor``, ``target`` ("data" or "noise").
 
 The base turns the config into a noise schedule and a grid, builds the float64 coefficient table in
 ``set_timesteps`` (see ``plan.py``), and makes ``step`` one table lookup plus one fused ``lincomb``:
@@ -118,6 +118,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
     history_size: int = 0
     uses_saved_sample: bool = False
     stochastic: bool = False
+    uses_anchor: bool = False  # the rules read ANCHOR (the first output as a noise prediction)
     target: str = "data"
 
     def step_rule(self, grid: Grid, i: int, n: int) -> StepRule:
@@ -240,7 +241,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self.prepare_plan(self._grid)
         self._plan = build_plan(self._grid, begin, self.step_rule, history_size=self.history_size,
                                 uses_saved=self.uses_saved_sample, stochastic=self.stochastic, target=self.target,
-                                output_type=output_type)
+                                output_type=output_type, uses_anchor=self.uses_anchor)
         if self.config.thresholding:
             self._convert_host = _data_conversion(self.config.prediction_type, self._grid)
         # on the pipeline's device already (set_timesteps(device=...)), so the first step copies nothing
@@ -249,6 +250,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self._started = False
         self._history = None
         self._saved = None
+        self._anchor = None
 
     @property
     def step_index(self) -> int | None:
@@ -308,7 +310,8 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
             else:
                 raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
                                  f"{tuple(sample.shape)}")
-        if not self._started:
+        first_step = not self._started
+        if first_step:
             self._start(timestep, sample, model_output)
         if sample.device.type == "cpu" and not torch.compiler.is_compiling() and not use_triton(sample.device):
             # CPU: the host float64 table is the device's own memory; no tensor lookups needed
@@ -335,6 +338,12 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                 variance_noise = randn_tensor(sample.shape, generator=generator, device=sample.device,
                                               dtype=torch.float32)
             tensors.append(variance_noise.to(device=sample.device))
+        if self._plan.anchor_coeffs is not None:
+            if first_step:  # once per run: the first output as a noise prediction, kept in the output's dtype
+                anchor_coeffs = self._plan.anchor_coeffs if isinstance(coeffs, np.ndarray) else \
+                    torch.from_numpy(self._plan.anchor_coeffs.astype(np.float32)).to(sample.device)
+                self._anchor = lincomb(None, anchor_coeffs, tensors[:2])
+            tensors.append(self._anchor)
         results = lincomb(outs, coeffs, tensors, history=self._history,
                           write_slot=slot if self.history_size else None, columns=self._plan.row_columns)
         prev_sample = results[0]

@@ -97,9 +97,6 @@ class DynamicCompensation:
                 raise ValueError(f"dc_ratios must be a list of finite numbers, one per step; got {cfg.dc_ratios!r}")
         if cfg.dc_cpr is not None:
             load_cpr(cfg.dc_cpr)  # validates
-            if cfg.dc_ratios is None and cfg.dc_guidance_scale is None:
-                raise ValueError("dc_cpr predicts ratios for an (NFE, guidance scale): set dc_guidance_scale to the "
-                                 "pipeline's guidance_scale (1.0 without guidance)")
 
     def resolve_ratios(self, num_steps: int) -> np.ndarray | None:
         """One ratio per step of a ``num_steps`` run, or None without compensation."""
@@ -111,6 +108,9 @@ class DynamicCompensation:
                                  f"for this number of steps, or use dc_cpr to predict ratios for it")
             return ratios
         if cfg.dc_cpr is not None:
+            if cfg.dc_guidance_scale is None:
+                raise ValueError("dc_cpr predicts ratios for an (NFE, guidance scale): set dc_guidance_scale to the "
+                                 "pipeline's guidance_scale (1.0 without guidance)")
             return load_cpr(cfg.dc_cpr).ratios(num_steps, float(cfg.dc_guidance_scale))
         if self.always_compensate:
             warnings.warn(f"{type(self).__name__} has neither dc_ratios nor dc_cpr: it is uncalibrated and runs with "

@@ -19,6 +19,7 @@ import numpy as np
 
 from .base import SolverScheduler, warmup_order
 from .compensation import DynamicCompensation
+from .dualfast import DualFastMixing
 from .plan import Grid
 from .step_rule import NOISE, SAVED, M, StepRule, X
 
@@ -43,7 +44,7 @@ def singlestep_orders(num_steps: int, order: int, lower_order_final: bool, final
     return orders
 
 
-class DPMSolverPPScheduler(DynamicCompensation, SolverScheduler):
+class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     """DPM-Solver++ as a diffusers scheduler (arXiv 2211.01095).
 
     Options (diffusers' names): ``solver_order`` 1-3, ``algorithm_type`` "dpmsolver++" or
@@ -53,6 +54,9 @@ class DPMSolverPPScheduler(DynamicCompensation, SolverScheduler):
 
     Predictor-only dynamic compensation (DC-Solver, arXiv 2409.03755, section 4.4): the ``dc_*`` options of
     ``compensation.py`` (multistep only).
+
+    DualFast (arXiv 2506.13058): the ``dualfast_*`` options of ``dualfast.py`` (multistep only) mix each
+    output with the first one in noise space; with ``solver_order=1`` this is DualFast-DDIM.
 
     ``third_order_taylor``: the published 3M update (official code and diffusers) weights
     D2 = (D1_0 - D1_1) / (r0 + r1) = h^2 m''/2 with phi3, whose Taylor coefficient multiplies h^2 m'', so
@@ -72,9 +76,12 @@ class DPMSolverPPScheduler(DynamicCompensation, SolverScheduler):
     def validate_family_config(self) -> None:
         cfg = self.config
         self.validate_compensation()
+        self.validate_dualfast()
         if cfg.singlestep and self.compensates:
             raise ValueError("dynamic compensation (dc_ratios / dc_cpr) needs multistep DPM-Solver++; set "
                              "singlestep=False")
+        if cfg.singlestep and cfg.solver_order > 1 and self.mixes:
+            raise ValueError("DualFast (dualfast_strength > 0) needs multistep DPM-Solver++; set singlestep=False")
         if cfg.algorithm_type not in ALGORITHM_TYPES:
             raise ValueError(f"Unknown algorithm_type {cfg.algorithm_type!r}; valid choices: {ALGORITHM_TYPES}")
         if cfg.solver_type not in SOLVER_TYPES:

@@ -4,8 +4,11 @@ A solver family gives one ``StepRule`` per step (symbols X, M(k), DATA, SAVED, N
 the model-output conversion into it and maps each M(k) to its slot in a fixed-size ring of K history
 entries, so that ``step`` only looks up row ``i`` and runs one fused ``lincomb``:
 
-    inputs  (columns): x, out, [saved], [noise], history[0..K-1]
+    inputs  (columns): x, out, [saved], [noise], [anchor], history[0..K-1]
     outputs (rows):    x_next, [saved_next], [new history entry -> history[slot_i]]
+
+The anchor (``ANCHOR``) is computed once, at the run's first step, as ``anchor_coeffs . (x, out)`` (the first
+output converted to a noise prediction) and then read like any other input.
 """
 
 from __future__ import annotations
@@ -48,10 +51,12 @@ class StepPlan:
     table: np.ndarray  # float64 (N, rows, cols)
     slots: np.ndarray  # int64 (N,): history slot the new entry is written to
     row_columns: list[list[int]] = field(default_factory=list)  # per row, the columns ever nonzero
+    anchor_coeffs: np.ndarray | None = None  # float64 (2,): the anchor from (x, out) at the first step
 
 
 def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule], *, history_size: int,
-               uses_saved: bool, stochastic: bool, target: str, output_type: str) -> StepPlan:
+               uses_saved: bool, stochastic: bool, target: str, output_type: str,
+               uses_anchor: bool = False) -> StepPlan:
     """Fold each step's rule into a coefficient table.
 
     Args:
@@ -60,10 +65,11 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
         target: "data" or "noise", what M(k) holds.
         output_type: what the ``out`` column holds: the model's prediction type, or "sample" when the
             scheduler passes a (thresholded) data prediction instead.
+        uses_anchor: the rules read ``ANCHOR``, the first step's output as a noise prediction.
     """
     n_steps, K = grid.num_steps, history_size
     col = {"x": 0, "out": 1}
-    for name, used in (("saved", uses_saved), ("noise", stochastic)):
+    for name, used in (("saved", uses_saved), ("noise", stochastic), ("anchor", uses_anchor)):
         if used:
             col[name] = len(col)
     first_hist = len(col)
@@ -116,5 +122,13 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
                          f"a {output_type!r} model output carries no {target} information there "
                          f"(alpha={grid.alpha[bad]:g}, sigma={grid.sigma[bad]:g}). Use a grid that avoids it.")
     row_columns = [sorted(set(np.nonzero(np.any(table[begin:, r] != 0, axis=0))[0].tolist())) for r in range(n_rows)]
-    return StepPlan(begin=begin, table=table, slots=slots, row_columns=row_columns)
+    anchor_coeffs = None
+    if uses_anchor:
+        cx_n, co_n = conversion(output_type, "noise", a[begin:begin + 1], s[begin:begin + 1])
+        anchor_coeffs = np.array([cx_n[0], co_n[0]])
+        if not np.all(np.isfinite(anchor_coeffs)):
+            raise ValueError(f"The first step (t={grid.t[begin]:g}) has no finite noise prediction for a "
+                             f"{output_type!r} model output (alpha={a[begin]:g}, sigma={s[begin]:g}), which the "
+                             f"anchor needs. Use a grid that avoids it.")
+    return StepPlan(begin=begin, table=table, slots=slots, row_columns=row_columns, anchor_coeffs=anchor_coeffs)
 

@@ -8,7 +8,9 @@ Solver families build ``Lin`` expressions from these symbols, with float64 scala
 - ``DATA``: the current output converted to a data prediction (for data-form fallbacks),
 - ``SAVED``: a sample the scheduler keeps across steps (UniPC's corrected sample, a singlestep
   block's start),
-- ``NOISE``: fresh standard Gaussian noise (SDE variants).
+- ``NOISE``: fresh standard Gaussian noise (SDE variants),
+- ``ANCHOR``: the run's first model output as a noise prediction, kept for the whole run (DualFast's
+  reference prediction at the noisiest point).
 
 For example DPM-Solver++ 1st order (arXiv 2211.01095, eq. 8): ``(sigma_t / sigma_s) * X - alpha_t * phi1 * M(0)``.
 """
@@ -65,6 +67,7 @@ X = Lin({"x": 1.0})
 SAVED = Lin({"saved": 1.0})
 NOISE = Lin({"noise": 1.0})
 DATA = Lin({"data": 1.0})
+ANCHOR = Lin({"anchor": 1.0})
 
 
 def M(k: int) -> Lin:

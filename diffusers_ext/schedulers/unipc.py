@@ -19,6 +19,7 @@ import numpy as np
 
 from .base import SolverScheduler
 from .compensation import DynamicCompensation
+from .dualfast import DualFastMixing
 from .plan import Grid
 from .step_rule import DATA, SAVED, Lin, M, StepRule, X
 
@@ -53,13 +54,15 @@ def unipc_weights(lam: np.ndarray, s0: int, t: int, earlier: list[int], order: i
     return h_phi_1, b_h, rks, rhos
 
 
-class UniPCScheduler(DynamicCompensation, SolverScheduler):
+class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     """UniPC as a diffusers scheduler (arXiv 2302.04867).
 
     Options (diffusers' names): ``solver_order`` 1-3, ``solver_type`` "bh1" / "bh2", ``predict_x0``,
     ``lower_order_final``, ``disable_corrector`` (step indices whose following corrector is skipped), and
     ``use_corrector=False`` for UniP alone. Every grid / schedule option of ``SolverScheduler`` applies, and
-    the ``dc_*`` options of dynamic compensation (``compensation.py``; ``DCSolverScheduler`` is UniPC with it).
+    the ``dc_*`` options of dynamic compensation (``compensation.py``; ``DCSolverScheduler`` is UniPC with it)
+    and the ``dualfast_*`` options of DualFast (``dualfast.py``, arXiv 2506.13058; with ``predict_x0=False``
+    the noise-prediction, DPM-Solver-like form).
     """
 
     family_options = {
@@ -73,6 +76,7 @@ class UniPCScheduler(DynamicCompensation, SolverScheduler):
     def validate_family_config(self) -> None:
         cfg = self.config
         self.validate_compensation()
+        self.validate_dualfast()
         if cfg.solver_type not in SOLVER_TYPES:
             raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {SOLVER_TYPES}")
         if not all(isinstance(i, int) for i in cfg.disable_corrector):
@@ -117,18 +121,21 @@ class UniPCScheduler(DynamicCompensation, SolverScheduler):
         if cfg.use_corrector and n >= 1 and (i - 1) not in cfg.disable_corrector:
             order_c = self.predictor_order(grid, i - 1, n - 1)
             earlier = [(i - 1 - k, M(k + 1)) for k in range(1, order_c)]
-            corrected = self._update(grid, SAVED, i - 1, i, order_c, M(1), earlier, new=M(0))
+            new = self.mix_output(grid, i, n, M(0))  # DualFast's mixed output (M(0) without it)
+            corrected = self._update(grid, SAVED, i - 1, i, order_c, M(1), earlier, new=new)
             if corrected.is_finite():
                 x_c = corrected
         # UniP: predict x_{i+1}; lower the order where a point at infinite lambda makes it degenerate
-        m0 = self.recorded_output(grid, i, n)  # dynamic compensation acts here, after the corrector
+        m0 = self.recorded_output(grid, i, n)  # dynamic compensation and DualFast act here, after the corrector
         for order in range(self.predictor_order(grid, i, n), 0, -1):
             earlier = [(i - k, M(k)) for k in range(1, order)]
             x_next = self._update(grid, x_c, i, i + 1, order, m0, earlier, new=None)
             if x_next.is_finite():
                 return StepRule(x_next, saved_next=x_c, history_entry=m0)
-        # noise prediction at alpha = 0 (flow grids starting at sigma = 1): the data-form first step
+        # noise prediction at alpha = 0 (flow grids starting at sigma = 1) or into sigma = 0: the data-form
+        # first-order step (with DualFast's mixing, which is 0 at alpha = 0, the first step)
         h = grid.lam[i + 1] - grid.lam[i]
-        return StepRule((grid.sigma[i + 1] / grid.sigma[i]) * x_c - (grid.alpha[i + 1] * np.expm1(-h)) * DATA,
-                        saved_next=x_c)
+        data = self.mix_output(grid, i, n, DATA, target="data")
+        return StepRule((grid.sigma[i + 1] / grid.sigma[i]) * x_c - (grid.alpha[i + 1] * np.expm1(-h)) * data,
+                        saved_next=x_c, history_entry=m0)
 

@@ -1,6 +1,7 @@
 """Searches over sampler parameters: DC-Solver ratio calibration (and, later, solver-schedule search)."""
 
-from .calibrate_dc import DCCalibration, calibrate_dc, reference_trajectory
+from .calibrate_dc import DCCalibration, calibrate_dc, calibrate_dc_grid, fit_cpr, reference_trajectory
 from .denoisers import PipelineDenoiser, pipeline_denoiser
 
-__all__ = ["DCCalibration", "PipelineDenoiser", "calibrate_dc", "pipeline_denoiser", "reference_trajectory"]
+__all__ = ["DCCalibration", "PipelineDenoiser", "calibrate_dc", "calibrate_dc_grid", "fit_cpr", "pipeline_denoiser",
+           "reference_trajectory"]

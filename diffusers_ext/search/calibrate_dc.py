@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..schedulers import DCSolverScheduler, DPMSolverPPScheduler
 from ..schedulers.compensation import DynamicCompensation
-from ..schedulers.cpr import FIRST_COMPENSATED_STEP
+from ..schedulers.cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
 from .denoisers import Denoiser, pipeline_denoiser
 
 
@@ -68,6 +68,9 @@ def _scheduler_for(model, scheduler):
         raise ValueError(f"calibrate_dc needs a scheduler with dynamic compensation (DCSolverScheduler, "
                          f"UniPCScheduler or DPMSolverPPScheduler), got {type(scheduler).__name__}")
     cfg = scheduler.config
+    if getattr(scheduler, "uses_anchor", False):
+        raise ValueError("calibrate_dc calibrates the solver without DualFast: set dualfast_strength=0 (DualFast can "
+                         "be switched on afterwards)")
     if cfg.thresholding or scheduler.stochastic or getattr(cfg, "singlestep", False):
         raise ValueError("calibrate_dc supports deterministic multistep solvers without thresholding")
     return scheduler
@@ -245,3 +248,33 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
                 out = counted(x, timesteps[i + 1])
     return DCCalibration(ratios=ratios, num_inference_steps=n, guidance_scale=float(guidance_scale),
                          loss_at_one=loss_one, loss_calibrated=loss_cal, model_calls=calls)
+
+
+def calibrate_dc_grid(model, nfes: Sequence[int], guidance_scales: Sequence[float] = (1.0,), *, out=None,
+                      progress: bool = True, **kwargs) -> dict[tuple[int, float], DCCalibration]:
+    """``calibrate_dc`` for every (NFE, guidance scale). With ``out`` (a JSONL file) each finished calibration
+    is appended at once and configurations already there are skipped, so an interrupted grid resumes."""
+    from ..results_log import append_row, read_rows
+
+    configs = [(int(n), float(g)) for g in guidance_scales for n in nfes]
+    if not configs:
+        raise ValueError("calibrate_dc_grid needs at least one NFE and one guidance scale")
+    done = {}
+    if out is not None:
+        for row in read_rows(out):
+            cal = DCCalibration(**row)
+            done[(cal.num_inference_steps, cal.guidance_scale)] = cal
+    for n, g in tqdm(configs, desc="DC calibration grid", disable=not progress or len(configs) == 1):
+        if (n, g) in done:
+            continue
+        cal = calibrate_dc(model, n, guidance_scale=g, progress=progress, **kwargs)
+        if out is not None:
+            append_row(out, asdict(cal))
+        done[(n, g)] = cal
+    return {c: done[c] for c in configs}
+
+
+def fit_cpr(calibrations) -> CascadePolynomialRegression:
+    """The CPR fitted to calibrations (``DCCalibration``s, or a dict of them keyed by (NFE, guidance))."""
+    items = calibrations.values() if isinstance(calibrations, dict) else calibrations
+    return CascadePolynomialRegression.fit({(c.num_inference_steps, c.guidance_scale): c.ratios for c in items})
