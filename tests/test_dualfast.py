@@ -150,10 +150,10 @@ def _lagrange_f64(ts, values, at):
     return (np.array([at**2, at, 1.0]) @ coef).reshape(values[0].shape)
 
 
-def test_with_dynamic_compensation_compensates_then_mixes():
+def test_with_dynamic_compensation_mixes_then_compensates():
     """DPM-Solver++ 2M with DC ratios and DualFast, scripted data predictions: the recorded entry of step i is
-    mix(Lagrange(entry_{i-2}, entry_{i-1}, out_i) at t'), mix(m) = (1 + c) m - (c / alpha_i) x_i + (c sigma_i /
-    alpha_i) eps_0."""
+    Lagrange(entry_{i-2}, entry_{i-1}, mix(out_i)) at t', mix(m) = (1 + c) m - (c / alpha_i) x_i
+    + (c sigma_i / alpha_i) eps_0 (the history entries are mixed once, never twice)."""
     n, strength = 7, 0.4
     ratios = [1.0, 1.0, 1.2, 0.8, 1.1, 0.9, 1.05]
     sched = DPMSolverPPScheduler(prediction_type="sample", dc_ratios=ratios, dualfast_strength=strength)
@@ -164,12 +164,12 @@ def test_with_dynamic_compensation_compensates_then_mixes():
     anchor = ((x - g.alpha[0] * outs[0]) / g.sigma[0]).numpy()
     recorded = []
     for i, ts in enumerate(sched.timesteps):
-        raw = outs[i].numpy()
+        c = strength * i / (n - 1)
+        mixed = (1 + c) * outs[i].numpy() - (c / g.alpha[i]) * x.numpy() + (c * g.sigma[i] / g.alpha[i]) * anchor
+        expected = mixed
         if i >= 2:
             at = g.t[i - 1] + ratios[i] * (g.t[i] - g.t[i - 1])
-            raw = _lagrange_f64(g.t[i - 2:i + 1], [recorded[i - 2], recorded[i - 1], raw], at)
-        c = strength * i / (n - 1)
-        expected = (1 + c) * raw - (c / g.alpha[i]) * x.numpy() + (c * g.sigma[i] / g.alpha[i]) * anchor
+            expected = _lagrange_f64(g.t[i - 2:i + 1], [recorded[i - 2], recorded[i - 1], mixed], at)
         recorded.append(expected)
         x = sched.step(outs[i], ts, x).prev_sample
         got = sched._history[int(sched._plan.slots[i])].double().numpy()

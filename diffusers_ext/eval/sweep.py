@@ -193,11 +193,12 @@ def load_pipeline_folder(folder):
 
 def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0,), seeds=(0,), num_samples: int = 500,
               out: str | Path = "results/sweep.jsonl", cache_dir=None, progress: bool = True, reference=None,
-              extractor: str = "digits-cnn") -> list[dict]:
+              extractor: str = "digits-cnn", factories: dict | None = None) -> list[dict]:
     """Run every missing cell, appending to ``out``; returns all rows (old and new) of this sweep.
 
     ``model``: "digits", "gmm", or a local diffusers pipeline folder (then ``reference``, a PNG folder or a
-    statistics file, is required)."""
+    statistics file, is required). ``factories``: extra schedulers by name, each a callable ``cell -> scheduler``
+    (for schedulers whose config depends on the cell, e.g. DC ratios calibrated per NFE and guidance)."""
     is_folder = model not in MODELS
     if is_folder and not (Path(model) / "model_index.json").is_file():
         raise ValueError(f"Unknown model {model!r}; valid choices: {', '.join(MODELS)}, or a local diffusers "
@@ -207,9 +208,11 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     nfes = [int(n) for n in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"NFE list must be non-empty and positive, got {nfes}")
+    factories = dict(factories or {})
+    schedulers = list(schedulers) + [name for name in factories if name not in schedulers]
     if not schedulers:
         raise ValueError("at least one scheduler is needed")
-    specs = {s: parse_scheduler(s) for s in schedulers}  # every name checked before any work starts
+    specs = {s: parse_scheduler(s) for s in schedulers if s not in factories}  # checked before any work starts
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cells = [Cell(s, n, float(g), int(seed)) for s in schedulers for g in guidances for n in nfes for seed in seeds]
@@ -220,10 +223,14 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     for cell in tqdm(todo, desc=f"sweep {model}", disable=not progress or rank != 0):
         if metric is None:
             metric = GMMMetric(num_samples) if model == "gmm" else DigitsMetric(num_samples, cache_dir)
-        path, overrides = specs[cell.scheduler]
-        if overrides.get("dc_cpr") is not None and overrides.get("dc_guidance_scale") is None:
-            overrides = {**overrides, "dc_guidance_scale": cell.guidance}  # CPR ratios for this cell's guidance
-        value = metric(make_scheduler(path, overrides), cell)
+        if cell.scheduler in factories:
+            scheduler = factories[cell.scheduler](cell)
+        else:
+            path, overrides = specs[cell.scheduler]
+            if overrides.get("dc_cpr") is not None and overrides.get("dc_guidance_scale") is None:
+                overrides = {**overrides, "dc_guidance_scale": cell.guidance}  # CPR ratios for the cell's guidance
+            scheduler = make_scheduler(path, overrides)
+        value = metric(scheduler, cell)
         row = {**asdict(cell), "model": model, "metric": metric.name,
                "value": value if math.isfinite(value) else None, "num_samples": num_samples}
         if rank == 0:  # one writer; every rank computed the same gathered value

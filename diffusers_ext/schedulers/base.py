@@ -134,9 +134,14 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
     def prepare_plan(self, grid: Grid) -> None:
         """Hook run before the table is built for ``grid`` (e.g. resolve per-step options); default: none."""
 
-    def recorded_output(self, grid: Grid, i: int, n: int) -> Lin:
-        """The history entry of step i (and the predictor's current output); default ``M(0)``."""
+    def current_output(self, grid: Grid, i: int, n: int) -> Lin:
+        """Step i's model output as the solver uses it (DualFast mixes it); default ``M(0)``."""
         return M(0)
+
+    def recorded_output(self, grid: Grid, i: int, n: int) -> Lin:
+        """The history entry of step i and the predictor's current output (dynamic compensation corrects it);
+        default ``current_output``."""
+        return self.current_output(grid, i, n)
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod

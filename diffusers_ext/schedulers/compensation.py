@@ -45,13 +45,14 @@ def lagrange_weights(nodes: np.ndarray, at: float) -> np.ndarray:
     return weights
 
 
-def compensated_output(grid: Grid, i: int, ratio: float) -> Lin:
-    """The compensated output of step i: sum_j l_j M(j) at t' = t_{i-1} + ratio (t_i - t_{i-1})."""
+def compensated_output(grid: Grid, i: int, ratio: float, current: Lin | None = None) -> Lin:
+    """The compensated output of step i: sum_j l_j M(j) at t' = t_{i-1} + ratio (t_i - t_{i-1}), with
+    ``current`` (default M(0)) standing for the newest output M(0)."""
     at = grid.t[i - 1] + ratio * (grid.t[i] - grid.t[i - 1])
     weights = lagrange_weights(grid.t[[i - j for j in range(DC_POINTS)]], at)
-    out = Lin()
-    for j, w in enumerate(weights):
-        out = out + w * M(j)
+    out = weights[0] * (M(0) if current is None else current)
+    for j in range(1, DC_POINTS):
+        out = out + weights[j] * M(j)
     return out
 
 
@@ -122,8 +123,9 @@ class DynamicCompensation:
         self._dc_ratios = self.resolve_ratios(grid.num_steps)
 
     def recorded_output(self, grid: Grid, i: int, n: int) -> Lin:
-        """M(0), compensated when this step has a ratio and three buffered outputs."""
+        """The current output, compensated when this step has a ratio and three buffered outputs."""
+        current = self.current_output(grid, i, n)
         ratios = getattr(self, "_dc_ratios", None)
         if ratios is None or n < FIRST_COMPENSATED_STEP or i < FIRST_COMPENSATED_STEP or ratios[i] == 1.0:
-            return M(0)
-        return compensated_output(grid, i, float(ratios[i]))
+            return current
+        return compensated_output(grid, i, float(ratios[i]), current)

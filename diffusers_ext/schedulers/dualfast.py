@@ -30,9 +30,10 @@ method section itself) do not settle them:
   at the last step, since the approximation error, which the mixing compensates, grows towards low
   noise; "constant" uses ``dualfast_strength`` at every step after the first. The paper's exact schedule
   and typical values are unconfirmed; strength 0 (the default) is the plain solver, bit for bit.
-- With dynamic compensation (DC-Solver) the order is: compensate the current output, then mix it (the
-  predictor and the history see the mixed compensated output; UniPC's corrector, which DC-Solver runs
-  before compensating, sees the mixed uncompensated one).
+- With dynamic compensation (DC-Solver) the order is: mix the current output, then compensate, i.e.
+  interpolate it with the history entries, which are mixed already. (Mixing after compensating would mix
+  the history's share of the interpolation a second time.) UniPC's corrector, which DC-Solver runs before
+  compensating, sees the mixed uncompensated output.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import math
 from typing import Any, ClassVar
 
 from .plan import Grid
-from .step_rule import ANCHOR, Lin, X
+from .step_rule import ANCHOR, Lin, M, X
 
 DUALFAST_SCHEDULES = ("linear", "constant")
 
@@ -58,7 +59,7 @@ def mixing_coefficient(strength: float, schedule: str, n: int, run_steps: int) -
 class DualFastMixing:
     """Mixin for multistep families: the ``dualfast_*`` options and the mixed current output.
 
-    Put it before ``DynamicCompensation`` in the bases: ``recorded_output`` mixes what compensation returns.
+    ``current_output`` is the mixed output; compensation (``DynamicCompensation.recorded_output``) starts from it.
     """
 
     family_options: ClassVar[dict[str, Any]] = {
@@ -85,9 +86,10 @@ class DualFastMixing:
             raise ValueError(f"Unknown dualfast_schedule {cfg.dualfast_schedule!r}; valid choices: "
                              f"{DUALFAST_SCHEDULES}")
 
-    def recorded_output(self, grid: Grid, i: int, n: int) -> Lin:
-        """The current output (compensated first, where a family also compensates), mixed with the anchor."""
-        return self.mix_output(grid, i, n, super().recorded_output(grid, i, n))
+    def current_output(self, grid: Grid, i: int, n: int) -> Lin:
+        """The current output M(0), mixed with the anchor (dynamic compensation then interpolates it with the
+        already mixed history entries)."""
+        return self.mix_output(grid, i, n, M(0))
 
     def mix_output(self, grid: Grid, i: int, n: int, out: Lin, target: str | None = None) -> Lin:
         """``out``, an output of step i as a ``target`` ("data" or "noise"; default the family's) prediction,

@@ -121,7 +121,7 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
         if cfg.use_corrector and n >= 1 and (i - 1) not in cfg.disable_corrector:
             order_c = self.predictor_order(grid, i - 1, n - 1)
             earlier = [(i - 1 - k, M(k + 1)) for k in range(1, order_c)]
-            new = self.mix_output(grid, i, n, M(0))  # DualFast's mixed output (M(0) without it)
+            new = self.current_output(grid, i, n)  # DualFast's mixed output (M(0) without it)
             corrected = self._update(grid, SAVED, i - 1, i, order_c, M(1), earlier, new=new)
             if corrected.is_finite():
                 x_c = corrected
