@@ -109,3 +109,24 @@ def test_bad_input():
         calibrate_dc(load_pipeline(), 5, num_samples=3, conditioning=[1, 2])
     with pytest.raises(ValueError, match="No denoiser adapter"):
         pipeline_denoiser(object(), 2)
+
+
+def test_cli_grid_resumes_and_fits_a_cpr(tmp_path, capsys):
+    import json
+
+    from diffusers_ext.cli import main
+    from diffusers_ext.schedulers.cpr import CascadePolynomialRegression
+
+    out, cpr_path = tmp_path / "cal.jsonl", tmp_path / "cpr.json"
+    argv = ["calibrate-dc", "--model", "gmm", "--nfe", "4,5", "--samples", "3", "--reference-steps", "20",
+            "--iterations", "2", "--out", str(out), "--cpr-out", str(cpr_path)]
+    assert main(argv) == 0
+    rows = out.read_text().splitlines()
+    assert len(rows) == 2
+    assert main(argv) == 0  # resumed: nothing recalibrated, nothing appended
+    assert out.read_text().splitlines() == rows
+    cpr = CascadePolynomialRegression.from_config(json.loads(cpr_path.read_text()))
+    for row in map(json.loads, rows):  # the CPR reproduces the ratios it was fitted on within its fit error
+        np.testing.assert_allclose(cpr.ratios(row["num_inference_steps"], 1.0), row["ratios"],
+                                   atol=max(10 * cpr.fit_rmse, 1e-6))
+    assert '"loss_reduction"' in capsys.readouterr().out

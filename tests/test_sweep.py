@@ -95,3 +95,13 @@ def test_pipeline_folder_errors(tmp_path):
         sw.run_sweep(str(tmp_path / "broken"), ["unipc"], [2], out=tmp_path / "x.jsonl", reference=tmp_path)
     with pytest.raises(ValueError, match="a local diffusers pipeline folder"):
         sw.run_sweep(str(tmp_path / "missing"), ["unipc"], [2], out=tmp_path / "x.jsonl")
+
+
+def test_factories_build_a_scheduler_per_cell(tmp_path):
+    """A factory gets the cell: DC-Solver with ratios of one for the cell's NFE is UniPC's result."""
+    from diffusers_ext import DCSolverScheduler
+
+    rows = sw.run_sweep("gmm", ["unipc"], [4, 6], seeds=[0], num_samples=16, out=tmp_path / "s.jsonl",
+                        progress=False, factories={"dc-ones": lambda c: DCSolverScheduler(dc_ratios=[1.0] * c.nfe)})
+    value = {(r["scheduler"], r["nfe"]): r["value"] for r in rows}
+    assert len(rows) == 4 and all(value[("dc-ones", n)] == value[("unipc", n)] for n in (4, 6))
