@@ -184,3 +184,19 @@ def test_bad_compensation_input(kw, match):
 def test_singlestep_refuses_compensation():
     with pytest.raises(ValueError, match="multistep"):
         DPMSolverPPScheduler(singlestep=True, dc_ratios=[1.0] * 4)
+
+
+def test_shipped_digits_cpr_is_finite_everywhere_and_runs():
+    from diffusers_ext.schedulers.compensation import load_cpr
+
+    cpr = load_cpr("digits")
+    assert cpr.nfe_range == (3.0, 10.0) and cpr.guidance_range == (1.0, 7.0) and cpr.fit_rmse < 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # outside the fitted range: clamped, with a warning
+        for nfe in range(3, 51):
+            for g in (1.0, 3.0, 7.5, 15.0):
+                ratios = cpr.ratios(nfe, g)
+                assert ratios.shape == (nfe,) and np.all(np.isfinite(ratios)) and np.all(np.abs(ratios - 1) < 0.5)
+    x = _x(3)
+    out = run_sampler(DCSolverScheduler(dc_cpr="digits", dc_guidance_scale=3.0), GMM, x, 6)
+    assert torch.isfinite(out).all() and not torch.equal(out, run_sampler(UniPCScheduler(), GMM, x, 6))

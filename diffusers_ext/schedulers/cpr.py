@@ -10,7 +10,8 @@ coefficients). Steps 1 and 2 have no compensation (ratio 1). The model is linear
 least-squares solve.
 
 Outside the fitted (NFE, guidance) range the inputs of the c_k polynomials are clamped to the range, with
-a warning (x = s / NFE always uses the true NFE); extrapolated quadratics are not trusted.
+a warning; extrapolated quadratics are not trusted. x = s / NFE uses the true NFE, clamped to the x range the
+fit saw (from 3 / largest fitted NFE to 1), so early steps of long runs do not extrapolate the cubic.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class CascadePolynomialRegression:
                           f"(NFE {nfe}, guidance {guidance_scale}) is outside, so its coefficient polynomials are "
                           f"evaluated at the clamped (NFE {nfe_c:g}, guidance {g_c:g})", stacklevel=2)
         steps = np.arange(1, nfe + 1, dtype=np.float64)
-        feats = _features(np.full(nfe, nfe_c), np.full(nfe, g_c), steps / nfe)
+        x = np.clip(steps / nfe, (FIRST_COMPENSATED_STEP + 1) / self.nfe_range[1], 1.0)  # the fitted x range
+        feats = _features(np.full(nfe, nfe_c), np.full(nfe, g_c), x)
         out = feats @ self.coefficients.reshape(-1)
         out[:FIRST_COMPENSATED_STEP] = 1.0
         return out
