@@ -64,7 +64,9 @@ def _combine(row: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
 def _scheduler_for(model, scheduler):
     if scheduler is None:
         config = getattr(getattr(model, "scheduler", None), "config", None)
-        scheduler = DCSolverScheduler.from_config(config) if config is not None else DCSolverScheduler()
+        # the pipeline's schedule and prediction type; none of its scheduler's DC or DualFast settings
+        scheduler = DCSolverScheduler.from_config(config, dc_ratios=None, dc_cpr=None, dualfast_strength=0.0) \
+            if config is not None else DCSolverScheduler()
     if not isinstance(scheduler, DynamicCompensation):
         raise ValueError(f"calibrate_dc needs a scheduler with dynamic compensation (DCSolverScheduler, "
                          f"UniPCScheduler or DPMSolverPPScheduler), got {type(scheduler).__name__}")
