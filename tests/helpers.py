@@ -96,3 +96,28 @@ def tiny_stable_diffusion(tmp_path, scheduler):
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def lagrange_f64(ts, values, at):
+    """Direct float64 reference: the quadratic through three (t, value) points, by solving Vandermonde."""
+    V = np.vander(np.asarray(ts, dtype=np.float64), 3)
+    coef = np.linalg.solve(V, np.stack([np.asarray(v).reshape(-1) for v in values]))
+    return (np.array([at**2, at, 1.0]) @ coef).reshape(np.shape(values[0]))
+
+
+def dpm_solver_pp_2m_f64(sched, model, x0, data_prediction):
+    """DPM-Solver++ 2M (arXiv 2211.01095) as a direct loop over ``sched``'s grid (set already), no warm-down;
+    ``data_prediction(i, x, eps, earlier_ms)`` gives the data prediction m_i the update uses and records."""
+    g = sched._grid
+    x, ms = x0.clone(), []
+    for i, ts in enumerate(sched.timesteps):
+        m = data_prediction(i, x, model(x, ts).sample, ms)
+        ms.append(m)
+        h = g.lam[i + 1] - g.lam[i]
+        phi1 = np.expm1(-h)
+        x_next = (g.sigma[i + 1] / g.sigma[i]) * x - g.alpha[i + 1] * phi1 * m
+        if i >= 1:
+            r0 = (g.lam[i] - g.lam[i - 1]) / h
+            x_next = x_next - 0.5 * g.alpha[i + 1] * phi1 * (m - ms[-2]) / r0
+        x = x_next
+    return x

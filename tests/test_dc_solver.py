@@ -10,7 +10,7 @@ import torch
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.schedulers.cpr import CascadePolynomialRegression
-from tests.helpers import run_sampler, simple_cpr
+from tests.helpers import dpm_solver_pp_2m_f64, lagrange_f64, run_sampler, simple_cpr
 
 GMM = GaussianMixtureDenoiser()
 
@@ -44,13 +44,6 @@ def test_dpm_solver_pp_ratios_of_one_are_unchanged():
         assert torch.equal(base, dc)
 
 
-def _lagrange_f64(ts, values, at):
-    """Direct float64 reference: the quadratic through three (t, value) points, by solving Vandermonde."""
-    V = np.vander(np.asarray(ts, dtype=np.float64), 3)
-    coef = np.linalg.solve(V, np.stack([v.reshape(-1) for v in values]))
-    return (np.array([at**2, at, 1.0]) @ coef).reshape(values[0].shape)
-
-
 @pytest.mark.parametrize("cls,kw", [(DCSolverScheduler, {}), (DCSolverScheduler, {"solver_order": 3}),
                                     (DPMSolverPPScheduler, {"solver_order": 2})])
 def test_compensated_history_matches_float64_interpolation(cls, kw):
@@ -70,7 +63,7 @@ def test_compensated_history_matches_float64_interpolation(cls, kw):
         raw = out.numpy()
         if i >= 2:
             at = t[i - 1] + ratios[i] * (t[i] - t[i - 1])
-            expected = _lagrange_f64([t[i - 2], t[i - 1], t[i]], [recorded[i - 2], recorded[i - 1], raw], at)
+            expected = lagrange_f64([t[i - 2], t[i - 1], t[i]], [recorded[i - 2], recorded[i - 1], raw], at)
         else:
             expected = raw
         recorded.append(expected)
@@ -89,21 +82,15 @@ def test_dpm_solver_pp_2m_with_compensation_matches_direct_formula():
     x0 = _x(4, torch.float64)
     ours = run_sampler(sched, GMM, x0, n)
     g = sched._grid
-    x, ms = x0.clone(), []
-    for i, ts in enumerate(sched.timesteps):
-        eps = GMM(x, ts).sample
+
+    def compensated(i, x, eps, ms):
         m = (x - g.sigma[i] * eps) / g.alpha[i]
-        if i >= 2:
-            at = g.t[i - 1] + ratios[i] * (g.t[i] - g.t[i - 1])
-            m = torch.from_numpy(_lagrange_f64(g.t[i - 2:i + 1], [ms[-2].numpy(), ms[-1].numpy(), m.numpy()], at))
-        ms.append(m)
-        h = g.lam[i + 1] - g.lam[i]
-        phi1 = np.expm1(-h)
-        x_next = (g.sigma[i + 1] / g.sigma[i]) * x - g.alpha[i + 1] * phi1 * m
-        if i >= 1:
-            r0 = (g.lam[i] - g.lam[i - 1]) / h
-            x_next = x_next - 0.5 * g.alpha[i + 1] * phi1 * (m - ms[-2]) / r0
-        x = x_next
+        if i < 2:
+            return m
+        at = g.t[i - 1] + ratios[i] * (g.t[i] - g.t[i - 1])
+        return torch.from_numpy(lagrange_f64(g.t[i - 2:i + 1], [ms[-2].numpy(), ms[-1].numpy(), m.numpy()], at))
+
+    x = dpm_solver_pp_2m_f64(sched, GMM, x0, compensated)
     assert ((ours - x).norm() / x.norm()).item() < 1e-6  # the kernel accumulates in fp32
 
 

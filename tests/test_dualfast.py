@@ -10,7 +10,7 @@ import torch
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.schedulers.dualfast import mixing_coefficient
-from tests.helpers import make, run_sampler
+from tests.helpers import dpm_solver_pp_2m_f64, lagrange_f64, make, run_sampler
 
 GMM = GaussianMixtureDenoiser()
 
@@ -96,20 +96,15 @@ def test_dpm_solver_pp_2m_matches_direct_float64_mixing():
     x0 = _x(4, torch.float64)
     ours = run_sampler(sched, GMM, x0, n)
     g = sched._grid
-    x, ms, anchor = x0.clone(), [], None
-    for i, ts in enumerate(sched.timesteps):
-        eps = GMM(x, ts).sample
-        anchor = eps if anchor is None else anchor
+    anchors = []
+
+    def mixed(i, x, eps, ms):
+        if not anchors:
+            anchors.append(eps)
         c = strength * i / (n - 1)
-        m = (x - g.sigma[i] * ((1 + c) * eps - c * anchor)) / g.alpha[i]
-        ms.append(m)
-        h = g.lam[i + 1] - g.lam[i]
-        phi1 = np.expm1(-h)
-        x_next = (g.sigma[i + 1] / g.sigma[i]) * x - g.alpha[i + 1] * phi1 * m
-        if i >= 1:
-            r0 = (g.lam[i] - g.lam[i - 1]) / h
-            x_next = x_next - 0.5 * g.alpha[i + 1] * phi1 * (m - ms[-2]) / r0
-        x = x_next
+        return (x - g.sigma[i] * ((1 + c) * eps - c * anchors[0])) / g.alpha[i]
+
+    x = dpm_solver_pp_2m_f64(sched, GMM, x0, mixed)
     assert ((ours - x).norm() / x.norm()).item() < 1e-6
 
 
@@ -144,12 +139,6 @@ def test_mixing_is_in_noise_space_for_data_and_noise_solvers():
         torch.testing.assert_close(noise, data, rtol=1e-5, atol=1e-5)
 
 
-def _lagrange_f64(ts, values, at):
-    V = np.vander(np.asarray(ts, dtype=np.float64), 3)
-    coef = np.linalg.solve(V, np.stack([v.reshape(-1) for v in values]))
-    return (np.array([at**2, at, 1.0]) @ coef).reshape(values[0].shape)
-
-
 def test_with_dynamic_compensation_mixes_then_compensates():
     """DPM-Solver++ 2M with DC ratios and DualFast, scripted data predictions: the recorded entry of step i is
     Lagrange(entry_{i-2}, entry_{i-1}, mix(out_i)) at t', mix(m) = (1 + c) m - (c / alpha_i) x_i
@@ -169,7 +158,7 @@ def test_with_dynamic_compensation_mixes_then_compensates():
         expected = mixed
         if i >= 2:
             at = g.t[i - 1] + ratios[i] * (g.t[i] - g.t[i - 1])
-            expected = _lagrange_f64(g.t[i - 2:i + 1], [recorded[i - 2], recorded[i - 1], mixed], at)
+            expected = lagrange_f64(g.t[i - 2:i + 1], [recorded[i - 2], recorded[i - 1], mixed], at)
         recorded.append(expected)
         x = sched.step(outs[i], ts, x).prev_sample
         got = sched._history[int(sched._plan.slots[i])].double().numpy()
