@@ -40,6 +40,23 @@ def test_lincomb_matches_float64(monkeypatch, dtype, backend):
     assert torch.equal(history[0], before[0])
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch", "host"])
+def test_two_history_rows(monkeypatch, backend):
+    """Two outputs + two history rows (a model output and its sample), each row read before any write."""
+    monkeypatch.setenv("DIFFUSERS_EXT_BACKEND", "torch" if backend == "host" else backend)
+    tensors, history, coeffs = _case(torch.float32, n_tensors=3, K=4, rows=4, seed=2)
+    before = history.clone()
+    ref = _reference(tensors, before, coeffs)
+    if backend == "host":
+        out = lincomb([None, None], coeffs.double().numpy(), tensors, history=history, write_slot=[3, 0])
+    else:
+        out = lincomb([None, None], coeffs, tensors, history=history, write_slot=torch.tensor([3, 0]))
+    scale = max(r.abs().max().item() for r in ref)
+    for got, want in zip(list(out) + [history[3], history[0]], ref):
+        assert (got.double() - want).abs().max().item() <= 1e-6 * scale
+    assert torch.equal(history[1], before[1]) and torch.equal(history[2], before[2])
+
+
 def test_triton_equals_torch_in_place(monkeypatch):
     """An output that is also an input (a scheduler's saved sample) is read before it is written."""
     results = {}

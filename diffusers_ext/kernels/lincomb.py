@@ -4,9 +4,9 @@
 
     out[r] = sum_c coeffs[r, c] * inputs[c],   inputs = tensors + [history[0], ..., history[K-1]]
 
-accumulating in float32 whatever the storage dtype (fp32 / fp16 / bf16). With ``write_slot`` (a
-one-element int64 tensor on the device) the last row is written into ``history[write_slot]``, after
-every input has been read, so a solver can overwrite the oldest history entry in the same pass.
+accumulating in float32 whatever the storage dtype (fp32 / fp16 / bf16). With ``write_slot`` (an int64
+tensor of H = 1 or 2 elements on the device) the last H rows are written into ``history[write_slot[h]]``,
+after every input has been read, so a solver can overwrite the oldest history entries in the same pass.
 The coefficients and the slot stay on the device: nothing here synchronizes with the host.
 
 On CUDA (or under ``TRITON_INTERPRET=1``) this is one Triton kernel: each input read once, each
@@ -44,8 +44,17 @@ def use_triton(device: torch.device) -> bool:
     return device.type == "cuda" or backend == "triton"
 
 
+def _slots(write_slot) -> list:
+    """The history entries written, as a list (ints, or one-element tensors on the device)."""
+    if write_slot is None:
+        return []
+    if isinstance(write_slot, torch.Tensor):
+        return list(write_slot.reshape(-1).unbind(0))
+    return [int(s) for s in np.atleast_1d(write_slot)]
+
+
 def _check(out, coeffs, tensors, history, write_slot):
-    n_rows = len(out) + (write_slot is not None)
+    n_rows = len(out) + len(_slots(write_slot))
     n_cols = len(tensors) + (0 if history is None else history.shape[0])
     if coeffs.ndim != 2 or tuple(coeffs.shape) != (n_rows, n_cols):
         raise ValueError(f"coeffs must have shape ({n_rows}, {n_cols}) for {len(out)} outputs, "
@@ -73,8 +82,8 @@ def lincomb(out, coeffs, tensors: Sequence[torch.Tensor], *, history: torch.Tens
             skipped and outputs are written in place).
         tensors: input tensors of one shape.
         history: optional buffer of shape (K, *shape) whose entries follow ``tensors`` as inputs.
-        write_slot: optional int64 tensor of one element (an int with numpy coeffs): the history entry the
-            last row is written to.
+        write_slot: optional int64 tensor of H = 1 or 2 elements (ints with numpy coeffs): the history
+            entries the last H rows are written to.
         columns: optional, per row, the columns that can be nonzero (lets the torch path skip the rest).
     Returns:
         The list of output tensors (a single tensor if ``out`` was a tensor).
@@ -90,7 +99,8 @@ def lincomb(out, coeffs, tensors: Sequence[torch.Tensor], *, history: torch.Tens
             raise ValueError("numpy (host) coefficients are for CPU tensors; pass a device tensor otherwise")
         outs = _host_lincomb(outs, coeffs, tensors, history, write_slot)
         return outs[0] if single else outs
-    fits = len(tensors) <= 4 and coeffs.shape[0] <= MAX_ROWS and coeffs.shape[1] <= MAX_INPUTS and len(outs) <= 2
+    fits = len(tensors) <= 4 and coeffs.shape[0] <= MAX_ROWS and coeffs.shape[1] <= MAX_INPUTS and len(outs) <= 2 \
+        and len(_slots(write_slot)) <= 2
     if fits and use_triton(tensors[0].device):
         outs = [torch.empty_like(tensors[0]) if o is None else o for o in outs]
         triton_lincomb(outs, coeffs, tensors, history, write_slot)
@@ -120,7 +130,9 @@ def _torch_lincomb(outs, coeffs, tensors, history, write_slot, columns):
         else:
             final.append(o.copy_(acc))
     if write_slot is not None:
-        history.index_copy_(0, write_slot.reshape(1).to(history.device), results[-1].unsqueeze(0).to(history.dtype))
+        slots = write_slot.reshape(-1).to(history.device)
+        written = torch.stack(results[len(results) - len(slots):]).to(history.dtype)
+        history.index_copy_(0, slots, written)
     return final
 
 
@@ -131,7 +143,7 @@ def _host_lincomb(outs, coeffs: np.ndarray, tensors, history, write_slot: int | 
     row still reads the target (then it goes through a temporary), so every read sees the old values.
     """
     inputs = tensors + ([] if history is None else list(history.unbind(0)))
-    targets = list(outs) + ([history[int(write_slot)]] if write_slot is not None else [])
+    targets = list(outs) + [history[slot] for slot in _slots(write_slot)]
     pending, results = [], []
     for r, target in enumerate(targets):
         cols = [int(c) for c in np.flatnonzero(coeffs[r])] or [0]

@@ -1,4 +1,4 @@
-"""Triton kernel for ``lincomb``: up to 4 tensors + K history entries in, up to 2 outputs + 1 history row out.
+"""Triton kernel for ``lincomb``: up to 4 tensors + K history entries in, up to 2 outputs + 2 history rows out.
 
 One program handles ``BLOCK`` elements: it loads each input once (as float32), forms every output row
 with the coefficients it loads from device memory, and stores each output once. Runs on CUDA, and on
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-MAX_ROWS = 3
-MAX_INPUTS = 8
+MAX_ROWS = 4
+MAX_INPUTS = 10
 
 
 try:
@@ -27,13 +27,25 @@ def triton_available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _fma3(a0, a1, a2, v, c_ptr, col, n_cols, n_rows: tl.constexpr):
+    def _fma4(a0, a1, a2, a3, v, c_ptr, col, n_cols, n_rows: tl.constexpr):
         a0 += tl.load(c_ptr + col) * v
         if n_rows > 1:
             a1 += tl.load(c_ptr + n_cols + col) * v
         if n_rows > 2:
             a2 += tl.load(c_ptr + 2 * n_cols + col) * v
-        return a0, a1, a2
+        if n_rows > 3:
+            a3 += tl.load(c_ptr + 3 * n_cols + col) * v
+        return a0, a1, a2, a3
+
+    @triton.jit
+    def _row(a0, a1, a2, a3, r: tl.constexpr):
+        if r == 0:
+            return a0
+        if r == 1:
+            return a1
+        if r == 2:
+            return a2
+        return a3
 
     @triton.jit
     def lincomb_kernel(c_ptr, slot_ptr, in0, in1, in2, in3, hist_ptr, out0, out1, numel,
@@ -47,33 +59,30 @@ if triton is not None:
         a0 = tl.zeros([BLOCK], dtype=tl.float32)
         a1 = tl.zeros([BLOCK], dtype=tl.float32)
         a2 = tl.zeros([BLOCK], dtype=tl.float32)
+        a3 = tl.zeros([BLOCK], dtype=tl.float32)
         v = tl.load(in0 + offs, mask=mask, other=0.0).to(tl.float32)
-        a0, a1, a2 = _fma3(a0, a1, a2, v, c_ptr, 0, n_cols, n_rows)
+        a0, a1, a2, a3 = _fma4(a0, a1, a2, a3, v, c_ptr, 0, n_cols, n_rows)
         if N_IN > 1:
             v = tl.load(in1 + offs, mask=mask, other=0.0).to(tl.float32)
-            a0, a1, a2 = _fma3(a0, a1, a2, v, c_ptr, 1, n_cols, n_rows)
+            a0, a1, a2, a3 = _fma4(a0, a1, a2, a3, v, c_ptr, 1, n_cols, n_rows)
         if N_IN > 2:
             v = tl.load(in2 + offs, mask=mask, other=0.0).to(tl.float32)
-            a0, a1, a2 = _fma3(a0, a1, a2, v, c_ptr, 2, n_cols, n_rows)
+            a0, a1, a2, a3 = _fma4(a0, a1, a2, a3, v, c_ptr, 2, n_cols, n_rows)
         if N_IN > 3:
             v = tl.load(in3 + offs, mask=mask, other=0.0).to(tl.float32)
-            a0, a1, a2 = _fma3(a0, a1, a2, v, c_ptr, 3, n_cols, n_rows)
+            a0, a1, a2, a3 = _fma4(a0, a1, a2, a3, v, c_ptr, 3, n_cols, n_rows)
         for k in tl.static_range(K):
             v = tl.load(hist_ptr + k * numel + offs, mask=mask, other=0.0).to(tl.float32)
-            a0, a1, a2 = _fma3(a0, a1, a2, v, c_ptr, N_IN + k, n_cols, n_rows)
+            a0, a1, a2, a3 = _fma4(a0, a1, a2, a3, v, c_ptr, N_IN + k, n_cols, n_rows)
         # all reads done; the history row may now overwrite an entry that was just read
         if N_OUT > 0:
             tl.store(out0 + offs, a0.to(out0.dtype.element_ty), mask=mask)
         if N_OUT > 1:
             tl.store(out1 + offs, a1.to(out1.dtype.element_ty), mask=mask)
-        if WRITE_HISTORY:
-            slot = tl.load(slot_ptr)
-            last = a0
-            if N_OUT == 1:
-                last = a1
-            if N_OUT == 2:
-                last = a2
-            tl.store(hist_ptr + slot * numel + offs, last.to(hist_ptr.dtype.element_ty), mask=mask)
+        for h in tl.static_range(WRITE_HISTORY):
+            slot = tl.load(slot_ptr + h)
+            row = _row(a0, a1, a2, a3, N_OUT + h)
+            tl.store(hist_ptr + slot * numel + offs, row.to(hist_ptr.dtype.element_ty), mask=mask)
 
 
 def triton_lincomb(outs, coeffs, tensors, history, write_slot, block: int = 1024) -> None:
@@ -89,8 +98,8 @@ def triton_lincomb(outs, coeffs, tensors, history, write_slot, block: int = 1024
     ins = tensors + [dummy] * (4 - len(tensors))
     out_ptrs = list(outs) + [dummy] * (2 - len(outs))
     hist = history if history is not None else dummy
-    slot = write_slot.reshape(1).to(device=device, dtype=torch.int64) if write_slot is not None else coeffs
+    slot = write_slot.reshape(-1).to(device=device, dtype=torch.int64) if write_slot is not None else coeffs
     grid = (max(1, -(-numel // block)),)
     lincomb_kernel[grid](coeffs, slot, *ins, hist, *out_ptrs, numel,
                     N_IN=len(tensors), K=0 if history is None else history.shape[0], N_OUT=len(outs),
-                    WRITE_HISTORY=write_slot is not None, BLOCK=block)
+                    WRITE_HISTORY=0 if write_slot is None else write_slot.numel(), BLOCK=block)

@@ -119,6 +119,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
     uses_saved_sample: bool = False
     stochastic: bool = False
     uses_anchor: bool = False  # the rules read ANCHOR (the first output as a noise prediction)
+    records_samples: bool = False  # a second history ring keeps the samples the model saw (S(k))
     target: str = "data"
 
     def step_rule(self, grid: Grid, i: int, n: int) -> StepRule:
@@ -246,12 +247,17 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self.prepare_plan(self._grid)
         self._plan = build_plan(self._grid, begin, self.step_rule, history_size=self.history_size,
                                 uses_saved=self.uses_saved_sample, stochastic=self.stochastic, target=self.target,
-                                output_type=output_type, uses_anchor=self.uses_anchor)
+                                output_type=output_type, uses_anchor=self.uses_anchor,
+                                records_samples=self.records_samples)
         if self.config.thresholding:
             self._convert_host = _data_conversion(self.config.prediction_type, self._grid)
         # on the pipeline's device already (set_timesteps(device=...)), so the first step copies nothing
         self._table = torch.from_numpy(self._plan.table.astype(np.float32)).to(self._device)
-        self._slots = torch.from_numpy(self._plan.slots).to(self._device)
+        slots = self._plan.slots[:, None]
+        if self.records_samples and self.history_size:  # the sample ring follows the output ring
+            slots = np.concatenate([slots, slots + self.history_size], axis=1)
+        self._write_slots = slots
+        self._slots = torch.from_numpy(slots).to(self._device)
         self._started = False
         self._history = None
         self._saved = None
@@ -295,7 +301,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self._slots = self._slots.to(device)
         if self.config.thresholding:
             self._convert_table = torch.from_numpy(self._convert_host.astype(np.float32)).to(device)
-        K = self.history_size
+        K = self.history_size * (1 + self.records_samples)
         self._history = torch.zeros((K, *sample.shape), dtype=model_output.dtype, device=device) if K else None
         self._saved = torch.zeros_like(sample) if self.uses_saved_sample else None
         self._step_tensor = torch.full((), self._plan.begin, dtype=torch.int64, device=device)
@@ -321,11 +327,11 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         if sample.device.type == "cpu" and not torch.compiler.is_compiling() and not use_triton(sample.device):
             # CPU: the host float64 table is the device's own memory; no tensor lookups needed
             i = int(self._step_tensor)
-            coeffs, slot = self._plan.table[i], int(self._plan.slots[i])
+            coeffs, slot = self._plan.table[i], self._write_slots[i]
             self._step_tensor.add_(1)
         else:
             idx = self._step_tensor.reshape(1)  # a gather, not a select: no .item(), traceable by torch.compile
-            coeffs, slot = self._table.index_select(0, idx)[0], self._slots.index_select(0, idx)
+            coeffs, slot = self._table.index_select(0, idx)[0], self._slots.index_select(0, idx)[0]
             self._step_tensor = self._step_tensor + 1
         first = model_output.contiguous()
         if self.config.thresholding:

@@ -4,8 +4,11 @@ A solver family gives one ``StepRule`` per step (symbols X, M(k), DATA, SAVED, N
 the model-output conversion into it and maps each M(k) to its slot in a fixed-size ring of K history
 entries, so that ``step`` only looks up row ``i`` and runs one fused ``lincomb``:
 
-    inputs  (columns): x, out, [saved], [noise], [anchor], history[0..K-1]
-    outputs (rows):    x_next, [saved_next], [new history entry -> history[slot_i]]
+    inputs  (columns): x, out, [saved], [noise], [anchor], history[0..K-1], [samples[0..K-1]]
+    outputs (rows):    x_next, [saved_next], [new history entry -> history[slot_i]], [x -> samples[slot_i]]
+
+Families that record samples keep, next to each history entry, the sample the model saw (``S(k)``), so
+earlier outputs can be converted between noise and data predictions; both rings share the slot.
 
 The anchor (``ANCHOR``) is computed once, at the run's first step, as ``anchor_coeffs . (x, out)`` (the first
 output converted to a noise prediction) and then read like any other input.
@@ -20,7 +23,7 @@ import numpy as np
 
 from .noise_schedules import NoiseSchedule
 from .predictions import conversion
-from .step_rule import SAVED, M, StepRule
+from .step_rule import SAVED, M, StepRule, X
 
 
 @dataclass
@@ -56,7 +59,7 @@ class StepPlan:
 
 def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule], *, history_size: int,
                uses_saved: bool, stochastic: bool, target: str, output_type: str,
-               uses_anchor: bool = False) -> StepPlan:
+               uses_anchor: bool = False, records_samples: bool = False) -> StepPlan:
     """Fold each step's rule into a coefficient table.
 
     Args:
@@ -66,6 +69,7 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
         output_type: what the ``out`` column holds: the model's prediction type, or "sample" when the
             scheduler passes a (thresholded) data prediction instead.
         uses_anchor: the rules read ``ANCHOR``, the first step's output as a noise prediction.
+        records_samples: a second ring of K samples (``S(k)``), written with the history entries.
     """
     n_steps, K = grid.num_steps, history_size
     col = {"x": 0, "out": 1}
@@ -73,8 +77,9 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
         if used:
             col[name] = len(col)
     first_hist = len(col)
-    n_rows = 1 + uses_saved + (K > 0)
-    table = np.zeros((n_steps, n_rows, first_hist + K))
+    records_samples = records_samples and K > 0
+    n_rows = 1 + uses_saved + (K > 0) + records_samples
+    table = np.zeros((n_steps, n_rows, first_hist + K * (1 + records_samples)))
     slots = np.zeros(n_steps, dtype=np.int64)
     a, s = grid.alpha[:n_steps], grid.sigma[:n_steps]
     cx_m, co_m = conversion(output_type, target, a, s)
@@ -93,11 +98,12 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
             elif key == ("m", 0):
                 row[0] += v * cx_m[i]
                 row[1] += v * co_m[i]
-            elif isinstance(key, tuple) and key[0] == "m":
+            elif isinstance(key, tuple) and key[0] in ("m", "s"):
                 k = key[1]
-                if not 1 <= k <= min(n, K):
-                    raise AssertionError(f"step {i} uses M({k}) but only {min(n, K)} earlier outputs exist")
-                row[first_hist + (n - k) % K] += v
+                if not 1 <= k <= min(n, K) or (key[0] == "s" and not records_samples):
+                    raise AssertionError(f"step {i} uses {key[0].upper()}({k}) but only {min(n, K)} earlier "
+                                         f"{'outputs' if key[0] == 'm' else 'recorded samples'} exist")
+                row[first_hist + (K if key[0] == "s" else 0) + (n - k) % K] += v
             elif key in col:
                 row[col[key]] += v
             else:
@@ -114,6 +120,8 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
             slots[i] = n % K
         elif step.history_entry is not None:
             raise AssertionError(f"step {i} records a history entry but the scheduler keeps no history")
+        if records_samples:
+            lins.append(X)
         for r, lin in enumerate(lins):
             fold(table[i, r], lin, i, n)
     if not np.all(np.isfinite(table[begin:])):

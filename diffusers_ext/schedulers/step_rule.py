@@ -75,6 +75,12 @@ def M(k: int) -> Lin:
     return Lin({("m", k): 1.0})
 
 
+def S(k: int) -> Lin:
+    """The sample the model saw k steps back (k >= 1; the current one is X), for families that record
+    samples (``records_samples``: they convert earlier outputs between noise and data predictions)."""
+    return Lin({("s", k): 1.0})
+
+
 @dataclass
 class StepRule:
     """What one ``step`` computes: the next sample, optionally the sample to keep for later, and the
