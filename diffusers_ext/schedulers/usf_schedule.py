@@ -4,17 +4,22 @@ A schedule is plain, versioned JSON, so it can live in a scheduler config (``sav
 
     {"version": 1,
      "timesteps": [999, 700.5, 420, 180, 40, -1],        # model times, strictly decreasing, steps + 1 entries
-     "analytical_first_step": "none",                    # or "zero_x0": the first output is not a model call
+     "analytical_first_step": "none",                    # reserved (only "none" runs so far)
      "steps": [{"prediction": "data",                    # which output is Taylor-expanded: "data" or "noise"
                 "order": 2,                              # Taylor order 1-4 in lambda (log-SNR)
                 "derivative_points": [[1]],              # per derivative k = 1..order-1: earlier points
                                                          # (1 = the previous evaluation) fitting D_k, >= k of them
                 "relaxation": 0.0,                       # D_1 *= 1 + c h, or a named factor (RELAXATIONS)
-                "corrector": "none"},                    # or "pseudo": UniC-style, reusing the next model call
+                "corrector": "none",                     # or "pseudo": UniC-style, reusing the next model call
+                "corrector_relaxation": 0.0},            # the corrector's own D_1 factor
                ...]}
 
-Model calls (NFE) = steps - (1 with an analytical first step); the pseudo-corrector costs none. The last step
-has no next model call, so its corrector must be "none". Everything is checked before any sampling, with
+Model calls (NFE) = steps; the pseudo-corrector costs none (it re-solves step i from the same start with
+one order more, the output at the predicted sample added to every derivative's points). The last step has
+no next model call, so its corrector must be "none". Relaxation only matters where a derivative is fitted
+by fewer points than the polynomial would allow: the hand-designed 2nd-order updates relax D_1
+("dpm-solver-2" = "unipc-bh2": phi1 / (2 phi2), "unipc-bh1": 1 / (2 phi2), at -h for data and h for noise
+prediction). Everything is checked before any sampling, with
 errors naming the bad entry and the valid choices.
 """
 
@@ -28,11 +33,11 @@ from dataclasses import dataclass
 SCHEDULE_VERSION = 1
 PREDICTIONS = ("data", "noise")
 CORRECTORS = ("none", "pseudo")
-ANALYTICAL_FIRST_STEPS = ("none", "zero_x0")
+ANALYTICAL_FIRST_STEPS = ("none",)  # the paper's analytical first step needs a pipeline-level change
 RELAXATIONS = ("dpm-solver-2", "unipc-bh1", "unipc-bh2")  # named D_1 factors of the hand-designed solvers
 MAX_ORDER = 4
 _SCHEDULE_KEYS = {"version", "timesteps", "steps", "analytical_first_step"}
-_STEP_KEYS = {"prediction", "order", "derivative_points", "relaxation", "corrector"}
+_STEP_KEYS = {"prediction", "order", "derivative_points", "relaxation", "corrector", "corrector_relaxation"}
 
 
 class ScheduleError(ValueError):
@@ -46,11 +51,12 @@ class StepDecision:
     derivative_points: tuple[tuple[int, ...], ...]
     relaxation: float | str = 0.0
     corrector: str = "none"
+    corrector_relaxation: float | str = 0.0
 
     def to_dict(self) -> dict:
         return {"prediction": self.prediction, "order": self.order,
                 "derivative_points": [list(p) for p in self.derivative_points], "relaxation": self.relaxation,
-                "corrector": self.corrector}
+                "corrector": self.corrector, "corrector_relaxation": self.corrector_relaxation}
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,8 @@ class SolverSchedule:
 
     @property
     def nfe(self) -> int:
-        """Model calls: one per step, less the analytical first step."""
-        return self.num_steps - (self.analytical_first_step != "none")
+        """Model calls: one per step."""
+        return self.num_steps
 
     # ------------------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
@@ -121,8 +127,7 @@ class SolverSchedule:
         for i, step in enumerate(self.steps):
             _validate_step(i, step, last=i == n - 1)
         if num_inference_steps is not None and num_inference_steps != self.nfe:
-            raise ScheduleError(f"the schedule makes {self.nfe} model calls ({n} steps"
-                                f"{', analytical first step' if self.nfe != n else ''}) but num_inference_steps is "
+            raise ScheduleError(f"the schedule makes {self.nfe} model calls ({n} steps) but num_inference_steps is "
                                 f"{num_inference_steps}")
 
 
@@ -159,7 +164,8 @@ def _parse_step(i: int, step) -> StepDecision:
         raise ScheduleError(f"step {i}: derivative_points must be a list (one per derivative) of lists of ints")
     return StepDecision(prediction=step["prediction"], order=order,
                         derivative_points=tuple(tuple(p) for p in points),
-                        relaxation=step.get("relaxation", 0.0), corrector=step.get("corrector", "none"))
+                        relaxation=step.get("relaxation", 0.0), corrector=step.get("corrector", "none"),
+                        corrector_relaxation=step.get("corrector_relaxation", 0.0))
 
 
 def _validate_step(i: int, step: StepDecision, last: bool) -> None:
@@ -181,14 +187,16 @@ def _validate_step(i: int, step: StepDecision, last: bool) -> None:
         if any(not 1 <= p <= i for p in points):
             raise ScheduleError(f"step {i}: derivative {k} points {list(points)} must lie in 1..{i} (1 = the "
                                 f"previous evaluation; step {i} has {i} earlier points)")
-    relaxation = step.relaxation
-    if isinstance(relaxation, str):
-        if relaxation not in RELAXATIONS:
-            raise ScheduleError(f"step {i}: unknown relaxation {relaxation!r}; valid: a number c (D_1 *= 1 + c h) "
-                                f"or one of {RELAXATIONS}")
-    elif isinstance(relaxation, bool) or not isinstance(relaxation, (int, float)) or not math.isfinite(relaxation):
-        raise ScheduleError(f"step {i}: relaxation must be a finite number or one of {RELAXATIONS}, got "
-                            f"{relaxation!r}")
+    for name in ("relaxation", "corrector_relaxation"):
+        relaxation = getattr(step, name)
+        if isinstance(relaxation, str):
+            if relaxation not in RELAXATIONS:
+                raise ScheduleError(f"step {i}: unknown {name} {relaxation!r}; valid: a number c (D_1 *= 1 + c h) "
+                                    f"or one of {RELAXATIONS}")
+        elif isinstance(relaxation, bool) or not isinstance(relaxation, (int, float)) or \
+                not math.isfinite(relaxation):
+            raise ScheduleError(f"step {i}: {name} must be a finite number or one of {RELAXATIONS}, got "
+                                f"{relaxation!r}")
     if step.corrector not in CORRECTORS:
         raise ScheduleError(f"step {i}: unknown corrector {step.corrector!r}; valid choices: {CORRECTORS}")
     if last and step.corrector != "none":

@@ -1,0 +1,190 @@
+"""USF (unified sampling framework, arXiv 2312.07243): a scheduler that executes a solver schedule.
+
+Each step i (from s = t_i to t = t_{i+1}, h = lambda_t - lambda_s) follows its own decisions
+(``usf_schedule.py``): the Taylor expansion in lambda of the data prediction x0 or the noise prediction eps,
+
+    data:  x_t = (sigma_t / sigma_s) x_s + alpha_t sum_{k<p} h^(k+1) phi_{k+1}(-h) D_k
+    noise: x_t = (alpha_t / alpha_s) x_s - sigma_t sum_{k<p} h^(k+1) phi_{k+1}(h) D_k
+
+with phi_1(z) = expm1(z) / z, phi_{k+1}(z) = (phi_k(z) - 1/k!) / z, D_0 the output at s and D_k (k >= 1)
+the k-th lambda-derivative of the polynomial through the output at s and the step's chosen earlier points
+(solving sum_j delta_a^j / j! D_j = F_a - F_s over those points, delta_a = lambda_a - lambda_s). D_1 may be
+relaxed. A pseudo-corrector re-solves the step with one order more once the model has been evaluated at
+its result (UniC-style, no extra call). The history keeps data predictions and, when a step expands noise
+predictions, the samples they were computed at, so any earlier output converts to either type. Every
+coefficient is folded into the usual float64 table: one fused kernel per step.
+
+DDIM, DPM-Solver++ 2M and UniPC (bh1 / bh2) are schedules (``hand_designed_schedule``) and reproduce those
+schedulers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import SolverScheduler
+from .plan import Grid
+from .step_rule import SAVED, Lin, M, S, StepRule, X
+from .usf_schedule import ScheduleError, SolverSchedule, StepDecision
+
+
+def h_phi(k: int, h: float, prediction: str) -> float:
+    """h^k phi_k(z), z = -h (data) or h (noise), by psi_1 = (h/z) expm1(z), psi_{k+1} = (h/z)(psi_k - h^k/k!):
+    finite for k = 1 at h = inf (a data step into sigma = 0)."""
+    sign = -1.0 if prediction == "data" else 1.0  # h / z
+    psi = sign * math.expm1(sign * h)
+    for j in range(1, k):
+        psi = sign * (psi - h**j / math.factorial(j))
+    return psi
+
+
+def relaxation_factor(relaxation, h: float, prediction: str) -> float:
+    """The factor on D_1: 1 + c h for a number c, or a hand-designed solver's (arXiv 2211.01095, 2302.04867):
+    phi_1 / (2 phi_2) (DPM-Solver-2, UniPC bh2), 1 / (2 phi_2) (UniPC bh1)."""
+    if not isinstance(relaxation, str):
+        return 1.0 + float(relaxation) * h
+    phi2 = h_phi(2, h, prediction) / h**2
+    if relaxation in ("dpm-solver-2", "unipc-bh2"):
+        return 0.5 * (h_phi(1, h, prediction) / h) / phi2
+    return 0.5 / phi2  # unipc-bh1
+
+
+def derivative_weights(deltas: np.ndarray) -> np.ndarray:
+    """W (m, m): D_k = sum_a W[k-1, a] (F_a - F_s), from sum_j delta_a^j / j! D_j = F_a - F_s."""
+    m = len(deltas)
+    V = np.array([[d**j / math.factorial(j) for j in range(1, m + 1)] for d in deltas])
+    return np.linalg.inv(V)
+
+
+class USFScheduler(SolverScheduler):
+    """Executes a USF solver schedule (arXiv 2312.07243) given as ``solver_schedule`` (a dict, see
+    ``usf_schedule.py``). Its timesteps are the schedule's; ``set_timesteps(n)`` checks that it makes n model
+    calls. Runs from the schedule's first step (no ``set_begin_index``); the last entry of its timesteps must
+    be the noise schedule's clean end (e.g. -1 for DDPM-style discrete schedules)."""
+
+    family_options = {"solver_schedule": None}
+    order_range = (1, 4)
+    target = "data"
+
+    def validate_family_config(self) -> None:
+        schedule = self.config.solver_schedule
+        self._schedule = None if schedule is None else SolverSchedule.from_dict(schedule)  # the config is frozen
+
+    @property
+    def schedule(self) -> SolverSchedule:
+        if self._schedule is None:
+            raise ValueError("USFScheduler needs a solver_schedule (a dict; see diffusers_ext.schedulers."
+                             "usf_schedule, or hand_designed_schedule for DDIM / DPM-Solver++ / UniPC)")
+        return self._schedule
+
+    @property
+    def uses_saved_sample(self) -> bool:
+        return any(step.corrector == "pseudo" for step in self.schedule.steps)
+
+    @property
+    def records_samples(self) -> bool:
+        return any(step.prediction == "noise" for step in self.schedule.steps)
+
+    @property
+    def history_size(self) -> int:
+        furthest = 0
+        for step in self.schedule.steps:
+            reach = max((max(points) for points in step.derivative_points), default=0)
+            furthest = max(furthest, reach + (step.corrector == "pseudo"))
+        return max(furthest, 1)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
+                      mu=None) -> None:
+        schedule = self.schedule
+        if timesteps is not None or sigmas is not None:
+            raise ValueError("USFScheduler takes its timesteps from solver_schedule; do not pass timesteps/sigmas")
+        schedule.validate(num_inference_steps)
+        end, clean = schedule.timesteps[-1], self.noise_schedule.t_clean
+        if not math.isclose(end, clean, abs_tol=1e-9):
+            raise ScheduleError(f"the schedule ends at t={end:g}; USFScheduler samples to the clean end, "
+                                f"t={clean:g} for this noise schedule")
+        super().set_timesteps(device=device, timesteps=list(schedule.timesteps[:-1]))
+
+    def _build_plan(self, begin: int) -> None:
+        if begin != 0:
+            raise ValueError("a USF solver schedule runs from its first step; set_begin_index / img2img starts "
+                             "inside the schedule are not supported")
+        super()._build_plan(begin)
+
+    # ------------------------------------------------------------------------------ the step rule
+    def _output(self, grid: Grid, i: int, j: int, prediction: str) -> Lin:
+        """The output of grid point i - j as a ``prediction`` (seen from step i)."""
+        data = M(j)
+        if prediction == "data":
+            return data
+        sample = X if j == 0 else S(j)
+        return (sample - grid.alpha[i - j] * data) / grid.sigma[i - j]
+
+    def _taylor_step(self, grid: Grid, base: Lin, s: int, t: int, prediction: str, order: int,
+                     point_sets: list[list[int]], relaxation, seen_from: int) -> Lin:
+        """x_t from ``base`` at grid point s; point_sets[k-1] are the grid points fitting D_k."""
+        h = grid.lam[t] - grid.lam[s]
+        out = (lambda p: self._output(grid, seen_from, seen_from - p, prediction))
+        f_s = out(s)
+        if prediction == "data":
+            x_t = (grid.sigma[t] / grid.sigma[s]) * base
+            scale = grid.alpha[t]
+        else:
+            x_t = (grid.alpha[t] / grid.alpha[s]) * base
+            scale = -grid.sigma[t]
+        x_t = x_t + (scale * h_phi(1, h, prediction)) * f_s
+        for k in range(1, order):
+            points = point_sets[k - 1]
+            weights = derivative_weights(np.array([grid.lam[p] - grid.lam[s] for p in points]))[k - 1]
+            d_k = Lin()
+            for w, p in zip(weights, points):
+                d_k = d_k + w * (out(p) - f_s)
+            if k == 1:
+                d_k = relaxation_factor(relaxation, h, prediction) * d_k
+            x_t = x_t + (scale * h_phi(k + 1, h, prediction)) * d_k
+        return x_t
+
+    def step_rule(self, grid: Grid, i: int, n: int) -> StepRule:
+        decisions = self.schedule.steps
+        x_c = X
+        if n >= 1 and decisions[i - 1].corrector == "pseudo":  # re-solve step i - 1 with the output at x_i
+            prev: StepDecision = decisions[i - 1]
+            sets = [[i - 1 - j for j in points] + [i] for points in prev.derivative_points]
+            sets.append(sets[-1] if sets else [i])
+            x_c = self._taylor_step(grid, SAVED, i - 1, i, prev.prediction, prev.order + 1, sets,
+                                    prev.corrector_relaxation, seen_from=i)
+        d = decisions[i]
+        if not np.isfinite(grid.lam[i + 1]) and (d.order > 1 or d.prediction != "data"):
+            raise ScheduleError(f"step {i} ends at sigma = 0 (lambda = inf), where only an order-1 data-prediction "
+                                f"step is finite; got order {d.order}, {d.prediction} prediction")
+        sets = [[i - j for j in points] for points in d.derivative_points]
+        x_next = self._taylor_step(grid, x_c, i, i + 1, d.prediction, d.order, sets, d.relaxation, seen_from=i)
+        return StepRule(x_next, saved_next=x_c if self.uses_saved_sample else None)
+
+
+def hand_designed_schedule(solver: str, timesteps, lower_order_final: bool = True, prediction: str = "data") -> dict:
+    """A hand-designed solver as a USF schedule on ``timesteps`` (model times, steps + 1, ending clean):
+    "ddim", "dpm++2m", "unipc-bh1" / "unipc-bh2" (order 2, UniC corrector), with diffusers' warm-up and,
+    below 15 steps, its lower-order final step. ``prediction="noise"``: UniPC's noise-prediction form (its
+    step into sigma = 0 stays a data step, as in UniPC)."""
+    solvers = ("ddim", "dpm++2m", "unipc-bh1", "unipc-bh2")
+    if solver not in solvers:
+        raise ValueError(f"Unknown hand-designed solver {solver!r}; valid choices: {solvers}")
+    if prediction not in ("data", "noise") or (prediction == "noise" and solver == "dpm++2m"):
+        raise ValueError(f"prediction must be 'data' (any solver) or 'noise' (ddim, unipc), got {prediction!r}")
+    n = len(timesteps) - 1
+    steps = []
+    for i in range(n):
+        order = 1 if solver == "ddim" or i == 0 else 2
+        if lower_order_final and n < 15 and i == n - 1:
+            order = 1
+        relaxation = "dpm-solver-2" if solver == "dpm++2m" else (solver if solver.startswith("unipc") else 0.0)
+        step = {"prediction": "data" if i == n - 1 else prediction, "order": order,
+                "derivative_points": [[1]] * (order - 1), "relaxation": relaxation if order == 2 else 0.0}
+        if solver.startswith("unipc") and i < n - 1:
+            step.update(corrector="pseudo", corrector_relaxation=solver if order == 1 else 0.0)
+        steps.append(step)
+    return {"version": 1, "timesteps": [float(t) for t in timesteps], "analytical_first_step": "none",
+            "steps": steps}
