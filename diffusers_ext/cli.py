@@ -124,6 +124,49 @@ def _calibrate_dc(args) -> int:
     return 0
 
 
+def _search(args) -> int:
+    import torch
+
+    from .schedulers import USFScheduler
+    from .search import DigitsFIDObjective, EndpointObjective, s3_search
+
+    objective_name = args.objective or ("fid" if args.model == "digits" else "endpoint")
+    if args.model == "gmm":
+        from .models import GaussianMixtureDenoiser
+
+        if objective_name != "endpoint":
+            raise SystemExit("the gmm model's objective is the endpoint error (--objective endpoint)")
+        gmm = GaussianMixtureDenoiser()
+        noise = torch.randn(args.samples, 2, 4, 4, generator=torch.Generator().manual_seed(args.seed))
+        objective = EndpointObjective(lambda x, t: gmm(x, t).sample, noise)
+        config = None
+    elif args.model == "digits":
+        if objective_name == "fid":
+            objective = DigitsFIDObjective(args.samples, args.guidance, args.seed, cache_dir=args.cache_dir)
+            config = objective.config
+        else:
+            from .models.digits import load_pipeline
+            from .search import pipeline_denoiser
+
+            pipe = load_pipeline()
+            adapter = pipeline_denoiser(pipe, args.samples, args.guidance)
+            noise = torch.randn(args.samples, *adapter.sample_shape, generator=torch.Generator().manual_seed(args.seed))
+            config = dict(pipe.scheduler.config)
+            objective = EndpointObjective(adapter.model, noise, scheduler_config=config)
+    else:
+        raise SystemExit(f"Unknown model {args.model!r}; valid choices: digits, gmm")
+    noise_schedule = USFScheduler.from_config(config or {}).noise_schedule
+    result = s3_search(objective, noise_schedule, args.nfe, args.budget, predictor=not args.plain,
+                       archive=args.archive, seed=args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result.best, f, indent=1)
+    print(json.dumps({"nfe": args.nfe, "objective": objective_name, "hand_designed_best": result.seed_best_value,
+                      "searched": result.best_value, "model_evaluations": result.evaluations,
+                      "schedules_evaluated": len(result.archive), "schedule": args.out}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusers-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--out", default="results/dc_calibration.jsonl", help="JSONL, one line per (NFE, guidance)")
     cal.add_argument("--cpr-out", default=None, help="fit a CPR to the grid and write its config (JSON) here")
     cal.set_defaults(func=_calibrate_dc)
+    search = sub.add_parser("search", help="S^3 search of a USF solver schedule for one NFE; resumable archive")
+    search.add_argument("--model", default="digits", help="digits or gmm")
+    search.add_argument("--nfe", type=int, default=5)
+    search.add_argument("--budget", type=int, default=300000, help="model evaluations (samples x calls)")
+    search.add_argument("--objective", default=None, help="fid (digits) or endpoint (default: fid for digits)")
+    search.add_argument("--samples", type=int, default=300, help="samples (or calibration noises) per evaluation")
+    search.add_argument("--guidance", type=float, default=1.0)
+    search.add_argument("--plain", action="store_true", help="plain evolution (no ranking predictor)")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--archive", default="results/s3_archive.jsonl", help="evaluated schedules (JSONL; resumes)")
+    search.add_argument("--out", default="results/usf_schedule.json", help="the best schedule (JSON)")
+    search.add_argument("--cache-dir", default="results/stats-cache", help="reference statistics cache")
+    search.set_defaults(func=_search)
     args = parser.parse_args(argv)
     return args.func(args)
 

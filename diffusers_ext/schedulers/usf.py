@@ -20,7 +20,9 @@ schedulers.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import numpy as np
 
@@ -60,9 +62,10 @@ def derivative_weights(deltas: np.ndarray) -> np.ndarray:
 
 class USFScheduler(SolverScheduler):
     """Executes a USF solver schedule (arXiv 2312.07243) given as ``solver_schedule`` (a dict, see
-    ``usf_schedule.py``). Its timesteps are the schedule's; ``set_timesteps(n)`` checks that it makes n model
-    calls. Runs from the schedule's first step (no ``set_begin_index``); the last entry of its timesteps must
-    be the noise schedule's clean end (e.g. -1 for DDPM-style discrete schedules)."""
+    ``usf_schedule.py``, or a shipped schedule's name such as "digits-nfe5"). Its timesteps are the
+    schedule's; ``set_timesteps(n)`` checks that it makes n model calls. Runs from the schedule's first step
+    (no ``set_begin_index``); the last entry of its timesteps must be the noise schedule's clean end (e.g.
+    -1 for DDPM-style discrete schedules)."""
 
     family_options = {"solver_schedule": None}
     order_range = (1, 4)
@@ -70,6 +73,8 @@ class USFScheduler(SolverScheduler):
 
     def validate_family_config(self) -> None:
         schedule = self.config.solver_schedule
+        if isinstance(schedule, str) and not schedule.lstrip().startswith("{"):
+            schedule = load_shipped_schedule(schedule)
         self._schedule = None if schedule is None else SolverSchedule.from_dict(schedule)  # the config is frozen
 
     @property
@@ -162,6 +167,32 @@ class USFScheduler(SolverScheduler):
         sets = [[i - j for j in points] for points in d.derivative_points]
         x_next = self._taylor_step(grid, x_c, i, i + 1, d.prediction, d.order, sets, d.relaxation, seen_from=i)
         return StepRule(x_next, saved_next=x_c if self.uses_saved_sample else None)
+
+
+SHIPPED_SCHEDULES = {"digits": os.path.join(os.path.dirname(__file__), "..", "models", "digits", "weights",
+                                           "usf_schedules.json")}
+
+
+def shipped_schedule_names() -> list[str]:
+    names = []
+    for model, path in SHIPPED_SCHEDULES.items():
+        if os.path.exists(path):
+            with open(path) as f:
+                names += [f"{model}-nfe{n}" for n in sorted(json.load(f), key=int)]
+    return names
+
+
+def load_shipped_schedule(name: str) -> dict:
+    """A schedule shipped with the package, by name: "<model>-nfe<N>" (e.g. "digits-nfe5")."""
+    model, _, nfe = name.partition("-nfe")
+    path = SHIPPED_SCHEDULES.get(model)
+    if path is not None and os.path.exists(path):
+        with open(path) as f:
+            shipped = json.load(f)
+        if nfe in shipped:
+            return shipped[nfe]
+    raise ValueError(f"Unknown shipped solver schedule {name!r}; valid names: {shipped_schedule_names()} "
+                     f"(or pass the schedule dict)")
 
 
 def hand_designed_schedule(solver: str, timesteps, lower_order_final: bool = True, prediction: str = "data") -> dict:

@@ -8,9 +8,9 @@ every schedule evaluated so far (a pairwise ranking loss), and evaluates only th
 objective. ``predictor=False`` is plain evolution (the authors' released search): it evaluates random
 candidates of the same breeding instead, which makes an equal-budget ablation.
 
-The objective is any callable ``schedule dict -> (value, model evaluations)`` (lower is better):
-``EndpointObjective`` (error against a fine reference solve on calibration noises; any model) or
-``DigitsFIDObjective``. The budget counts model evaluations (samples x calls) spent on objectives.
+The objective is any callable ``schedule dict -> (value, model evaluations)`` (lower is better), e.g.
+``objectives.EndpointObjective`` (error against a fine reference solve on calibration noises; any model)
+or ``objectives.DigitsFIDObjective``. The budget counts model evaluations (samples x calls) spent on objectives.
 Every evaluated schedule is appended to a JSONL archive at once; a rerun with the same arguments and
 archive skips what is there and continues (each stage's candidates come from its own seeded RNG).
 """
@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..results_log import append_row, read_rows
-from ..schedulers import USFScheduler, hand_designed_schedule
+from ..schedulers import hand_designed_schedule
 from ..schedulers.grids import build_grid
 from ..schedulers.usf_schedule import MAX_ORDER, ScheduleError, SolverSchedule
 
@@ -149,37 +149,6 @@ class RankingPredictor(torch.nn.Module):
     def score(self, features: np.ndarray) -> np.ndarray:
         mean, std = self._norm
         return self((torch.from_numpy(features) - mean) / std).numpy()
-
-
-# ---------------------------------------------------------------------------------------------- objectives
-class EndpointObjective:
-    """Mean squared error of a schedule's endpoint against a 200-step reference (DPM-Solver++ 3M with
-    third-order Taylor, uniform in log-SNR) on calibration noises; ``model(x, t) -> output``."""
-
-    def __init__(self, model, noise: torch.Tensor, scheduler_config=None, reference_steps: int = 200):
-        from ..schedulers import DPMSolverPPScheduler
-
-        self.model, self.noise = model, noise
-        self.config = scheduler_config
-        ref = DPMSolverPPScheduler.from_config(scheduler_config or {}, solver_order=3, third_order_taylor=True,
-                                               use_lu_lambdas=True, lower_order_final=True)
-        ref.set_timesteps(reference_steps)
-        x = noise
-        with torch.no_grad():
-            for t in ref.timesteps:
-                x = ref.step(model(x, t), t, x).prev_sample
-        self.reference = x.double()
-        self.reference_evaluations = reference_steps * len(noise)
-
-    def __call__(self, schedule: dict) -> tuple[float, int]:
-        sched = USFScheduler.from_config(self.config or {}, solver_schedule=schedule)
-        sched.set_timesteps(len(schedule["steps"]))
-        x = self.noise
-        with torch.no_grad():
-            for t in sched.timesteps:
-                x = sched.step(self.model(x, t), t, x).prev_sample
-        err = float((x.double() - self.reference).pow(2).mean())
-        return (err if math.isfinite(err) else math.inf), len(sched.timesteps) * len(self.noise)
 
 
 # ---------------------------------------------------------------------------------------------- search

@@ -1,0 +1,60 @@
+"""Objectives for the solver-schedule search: ``schedule dict -> (value, model evaluations)``, lower is better."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..schedulers import USFScheduler
+
+
+class EndpointObjective:
+    """Mean squared error of a schedule's endpoint against a 200-step reference (DPM-Solver++ 3M with
+    third-order Taylor, uniform in log-SNR) on calibration noises; ``model(x, t) -> output``."""
+
+    def __init__(self, model, noise: torch.Tensor, scheduler_config=None, reference_steps: int = 200):
+        from ..schedulers import DPMSolverPPScheduler
+
+        self.model, self.noise = model, noise
+        self.config = scheduler_config
+        ref = DPMSolverPPScheduler.from_config(scheduler_config or {}, solver_order=3, third_order_taylor=True,
+                                               use_lu_lambdas=True, lower_order_final=True)
+        ref.set_timesteps(reference_steps)
+        x = noise
+        with torch.no_grad():
+            for t in ref.timesteps:
+                x = ref.step(model(x, t), t, x).prev_sample
+        self.reference = x.double()
+        self.reference_evaluations = reference_steps * len(noise)
+
+    def __call__(self, schedule: dict) -> tuple[float, int]:
+        sched = USFScheduler.from_config(self.config or {}, solver_schedule=schedule)
+        sched.set_timesteps(len(schedule["steps"]))
+        x = self.noise
+        with torch.no_grad():
+            for t in sched.timesteps:
+                x = sched.step(self.model(x, t), t, x).prev_sample
+        err = float((x.double() - self.reference).pow(2).mean())
+        return (err if math.isfinite(err) else math.inf), len(sched.timesteps) * len(self.noise)
+
+
+class DigitsFIDObjective:
+    """digits-cnn FID of a schedule on the embedded digits model: ``num_samples`` samples (labels 0-9 in
+    turn) from the noises of ``seed``, against the train split."""
+
+    def __init__(self, num_samples: int = 300, guidance_scale: float = 1.0, seed: int = 0, cache_dir=None):
+        from ..eval.sweep import DigitsMetric
+
+        self.metric = DigitsMetric(num_samples, cache_dir)
+        self.config = dict(self.metric.pipe.scheduler.config)
+        self.num_samples, self.guidance_scale, self.seed = num_samples, float(guidance_scale), seed
+
+    def __call__(self, schedule: dict) -> tuple[float, int]:
+        from ..eval.sweep import Cell
+
+        nfe = len(schedule["steps"])
+        sched = USFScheduler.from_config(self.config, solver_schedule=schedule)
+        value = self.metric(sched, Cell("usf", nfe, self.guidance_scale, self.seed))
+        calls = nfe * self.num_samples * (1 if self.guidance_scale == 1.0 else 2)
+        return (value if math.isfinite(value) else math.inf), calls
