@@ -38,12 +38,12 @@ def main():
 
         rows = list(load_done(results / "sweep_digits.jsonl").values())
         text = replace(text, "sweep-digits", summary_table(summarize(rows)))
-    for model in ("gmm", "digits"):
-        path = results / f"dc_dualfast_{model}.jsonl"
+    for name in ("dc_dualfast_gmm", "dc_dualfast_digits", "usf_gmm", "usf_digits"):
+        path = results / f"{name}.jsonl"
         if path.exists():
             from diffusers_ext.eval.sweep import load_done, summarize, summary_table
 
-            text = replace(text, f"dc-dualfast-{model}", summary_table(summarize(list(load_done(path).values()))))
+            text = replace(text, name.replace("_", "-"), summary_table(summarize(list(load_done(path).values()))))
     for device in ("cpu", "cuda"):
         path = results / f"step_cost_{device}.json"
         if path.exists():

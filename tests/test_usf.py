@@ -178,3 +178,16 @@ def test_bad_input():
         sched.step(torch.zeros(1, 1, 2, 2), sched.timesteps[2], torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="Unknown hand-designed solver"):
         hand_designed_schedule("heun", times)
+
+
+def test_shipped_digits_schedules_load_by_name():
+    from diffusers_ext.schedulers.usf import shipped_schedule_names
+
+    assert {f"digits-nfe{n}" for n in (4, 5, 6, 8, 10)} <= set(shipped_schedule_names())
+    for n in (4, 5, 6, 8, 10):
+        sched = USFScheduler(solver_schedule=f"digits-nfe{n}")
+        sched.set_timesteps(n)
+        x = run_sampler(sched, GMM, _x(5).float(), n)
+        assert torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="valid names: .*digits-nfe5"):
+        USFScheduler(solver_schedule="digits-nfe7")
