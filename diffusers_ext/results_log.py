@@ -25,8 +25,9 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def append_row(path: str | Path, row: dict) -> None:
-    """Append one row and fsync it."""
+    """Append one row and fsync it (creating the folder if needed)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with open(path, "a") as f:
         f.write(("\n" if torn else "") + json.dumps(row) + "\n")

@@ -20,7 +20,6 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -264,7 +263,6 @@ def calibrate_dc_grid(model, nfes: Sequence[int], guidance_scales: Sequence[floa
         raise ValueError("calibrate_dc_grid needs at least one NFE and one guidance scale")
     done = {}
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         for row in read_rows(out):
             cal = DCCalibration(**row)
             done[(cal.num_inference_steps, cal.guidance_scale)] = cal
