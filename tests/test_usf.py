@@ -191,3 +191,35 @@ def test_shipped_digits_schedules_load_by_name():
         assert torch.isfinite(x).all()
     with pytest.raises(ValueError, match="valid names: .*digits-nfe5"):
         USFScheduler(solver_schedule="digits-nfe7")
+
+
+def test_analytical_first_step_saves_a_model_call():
+    """zero_x0: step 0 is x_1 = (sigma_1 / sigma_0) x_0 without a model call; the rest is the schedule."""
+    from diffusers_ext.eval.gmm_accuracy import sample_with
+
+    reduced = hand_designed_schedule("dpm++2m", _times(6)[1:])  # 5 model calls from t_1 = 832
+    afs = {**reduced, "analytical_first_step": "zero_x0", "timesteps": [999.0] + reduced["timesteps"],
+           "steps": [{"prediction": "data", "order": 1}] + reduced["steps"]}
+    sched = USFScheduler(solver_schedule=afs)
+    assert sched.schedule.nfe == 5 and sched.schedule.num_steps == 6
+    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    t1 = int(reduced["timesteps"][0])
+    expected_scale = float(((1 - alphas_cumprod[t1]) / (1 - alphas_cumprod[999])).sqrt())
+    assert sched.init_noise_sigma == pytest.approx(expected_scale, rel=1e-9)
+    noise = _x(6).float()
+    calls = []
+
+    def counting(x, t):
+        calls.append(t)
+        return GMM(x, t)
+
+    out = sample_with(sched, counting, noise, 5)
+    assert len(calls) == 5 and float(sched.timesteps[0]) == t1
+    torch.testing.assert_close(out, run_sampler(USFScheduler(solver_schedule=reduced), GMM, noise * expected_scale,
+                                                5), rtol=0, atol=0)
+    bad = {**afs, "steps": [{"prediction": "data", "order": 1}, {"prediction": "data", "order": 2}] +
+           afs["steps"][2:]}
+    with pytest.raises(ScheduleError, match="point 0 has no model output"):
+        USFScheduler(solver_schedule=bad)
+    with pytest.raises(ScheduleError, match="order-1 data step without corrector"):
+        USFScheduler(solver_schedule={**afs, "steps": [{"prediction": "noise", "order": 1}] + afs["steps"][1:]})

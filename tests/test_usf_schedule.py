@@ -39,7 +39,7 @@ def _step(i, **kw):
     (schedule(version=2), "version 2 is not supported"),
     (schedule(solver="usf"), r"unknown schedule keys \['solver'\]"),
     (schedule(steps=[]), "non-empty"),
-    (schedule(analytical_first_step="zero_x0"), "valid choices"),
+    (schedule(analytical_first_step="mean_x0"), "valid choices"),
     (_step(1, order=3), "order 3 needs 2 earlier points but only 1 exist"),
     (_step(0, order=5), "from 1 to 4"),
     (_step(2, derivative_points=[[1]]), "needs 2 derivative_points entries"),

@@ -52,7 +52,7 @@ def make_scheduler(class_path: str, overrides: dict | None = None):
 
 def sample_with(scheduler, model, noise: torch.Tensor, nfe: int) -> torch.Tensor:
     scheduler.set_timesteps(nfe)
-    x = noise
+    x = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         x = scheduler.step(model(x, t).sample, t, x).prev_sample
     return x

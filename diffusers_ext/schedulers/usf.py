@@ -85,6 +85,20 @@ class USFScheduler(SolverScheduler):
         return self._schedule
 
     @property
+    def _offset(self) -> int:
+        """1 when step 0 is analytical: the scheduler's steps are the schedule's steps 1, 2, ..."""
+        return int(self._schedule is not None and self._schedule.analytical_first_step != "none")
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """The analytical first step (x0 = 0 at the start): x_1 = (sigma_1 / sigma_0) x_0, which pipelines apply
+        when they scale the initial noise by ``init_noise_sigma``; 1 otherwise."""
+        if not self._offset:
+            return 1.0
+        _, sigma = self.noise_schedule.alpha_sigma(np.array(self._schedule.timesteps[:2]))
+        return float(sigma[1] / sigma[0])
+
+    @property
     def uses_saved_sample(self) -> bool:
         return any(step.corrector == "pseudo" for step in self.schedule.steps)
 
@@ -110,7 +124,7 @@ class USFScheduler(SolverScheduler):
         if not math.isclose(end, clean, abs_tol=1e-9):
             raise ScheduleError(f"the schedule ends at t={end:g}; USFScheduler samples to the clean end, "
                                 f"t={clean:g} for this noise schedule")
-        super().set_timesteps(device=device, timesteps=list(schedule.timesteps[:-1]))
+        super().set_timesteps(device=device, timesteps=list(schedule.timesteps[self._offset:-1]))
 
     def _build_plan(self, begin: int) -> None:
         if begin != 0:
@@ -152,7 +166,7 @@ class USFScheduler(SolverScheduler):
         return x_t
 
     def step_rule(self, grid: Grid, i: int, n: int) -> StepRule:
-        decisions = self.schedule.steps
+        decisions = self.schedule.steps[self._offset:]
         x_c = X
         if n >= 1 and decisions[i - 1].corrector == "pseudo":  # re-solve step i - 1 with the output at x_i
             prev: StepDecision = decisions[i - 1]

@@ -4,7 +4,7 @@ A schedule is plain, versioned JSON, so it can live in a scheduler config (``sav
 
     {"version": 1,
      "timesteps": [999, 700.5, 420, 180, 40, -1],        # model times, strictly decreasing, steps + 1 entries
-     "analytical_first_step": "none",                    # reserved (only "none" runs so far)
+     "analytical_first_step": "none",                    # or "zero_x0": step 0 costs no model call
      "steps": [{"prediction": "data",                    # which output is Taylor-expanded: "data" or "noise"
                 "order": 2,                              # Taylor order 1-4 in lambda (log-SNR)
                 "derivative_points": [[1]],              # per derivative k = 1..order-1: earlier points
@@ -14,7 +14,11 @@ A schedule is plain, versioned JSON, so it can live in a scheduler config (``sav
                 "corrector_relaxation": 0.0},            # the corrector's own D_1 factor
                ...]}
 
-Model calls (NFE) = steps; the pseudo-corrector costs none (it re-solves step i from the same start with
+With ``"analytical_first_step": "zero_x0"`` step 0 assumes the data prediction at the pure-noise start is
+0 (the data mean of centred data), so it is the order-1 data step x_1 = (sigma_1 / sigma_0) x_0 and needs no
+model call (the paper's AFS); it must be an order-1 data step without corrector, and no later derivative
+may use its point. Model calls (NFE) = steps (less one with the analytical first step); the pseudo-corrector
+costs none (it re-solves step i from the same start with
 one order more, the output at the predicted sample added to every derivative's points). The last step has
 no next model call, so its corrector must be "none". Relaxation only matters where a derivative is fitted
 by fewer points than the polynomial would allow: the hand-designed 2nd-order updates relax D_1
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 SCHEDULE_VERSION = 1
 PREDICTIONS = ("data", "noise")
 CORRECTORS = ("none", "pseudo")
-ANALYTICAL_FIRST_STEPS = ("none",)  # the paper's analytical first step needs a pipeline-level change
+ANALYTICAL_FIRST_STEPS = ("none", "zero_x0")
 RELAXATIONS = ("dpm-solver-2", "unipc-bh1", "unipc-bh2")  # named D_1 factors of the hand-designed solvers
 MAX_ORDER = 4
 _SCHEDULE_KEYS = {"version", "timesteps", "steps", "analytical_first_step"}
@@ -71,8 +75,8 @@ class SolverSchedule:
 
     @property
     def nfe(self) -> int:
-        """Model calls: one per step."""
-        return self.num_steps
+        """Model calls: one per step, less the analytical first step."""
+        return self.num_steps - (self.analytical_first_step != "none")
 
     # ------------------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
@@ -126,8 +130,18 @@ class SolverSchedule:
                                 f"{ANALYTICAL_FIRST_STEPS}")
         for i, step in enumerate(self.steps):
             _validate_step(i, step, last=i == n - 1)
+        if self.analytical_first_step != "none":
+            first = self.steps[0]
+            if n < 2 or first.prediction != "data" or first.order != 1 or first.corrector != "none":
+                raise ScheduleError("with an analytical first step, step 0 must be an order-1 data step without "
+                                    "corrector, followed by at least one model-evaluated step")
+            for i, step in enumerate(self.steps[1:], start=1):
+                if any(p >= i for points in step.derivative_points for p in points):
+                    raise ScheduleError(f"step {i}: with an analytical first step, derivative points must lie in "
+                                        f"1..{i - 1} (point 0 has no model output)")
         if num_inference_steps is not None and num_inference_steps != self.nfe:
-            raise ScheduleError(f"the schedule makes {self.nfe} model calls ({n} steps) but num_inference_steps is "
+            raise ScheduleError(f"the schedule makes {self.nfe} model calls ({n} steps"
+                                f"{', the first analytical' if self.nfe != n else ''}) but num_inference_steps is "
                                 f"{num_inference_steps}")
 
 

@@ -30,8 +30,8 @@ class EndpointObjective:
 
     def __call__(self, schedule: dict) -> tuple[float, int]:
         sched = USFScheduler.from_config(self.config or {}, solver_schedule=schedule)
-        sched.set_timesteps(len(schedule["steps"]))
-        x = self.noise
+        sched.set_timesteps(sched.schedule.nfe)
+        x = self.noise * sched.init_noise_sigma
         with torch.no_grad():
             for t in sched.timesteps:
                 x = sched.step(self.model(x, t), t, x).prev_sample
@@ -53,8 +53,8 @@ class DigitsFIDObjective:
     def __call__(self, schedule: dict) -> tuple[float, int]:
         from ..eval.sweep import Cell
 
-        nfe = len(schedule["steps"])
         sched = USFScheduler.from_config(self.config, solver_schedule=schedule)
+        nfe = sched.schedule.nfe
         value = self.metric(sched, Cell("usf", nfe, self.guidance_scale, self.seed))
         calls = nfe * self.num_samples * (1 if self.guidance_scale == 1.0 else 2)
         return (value if math.isfinite(value) else math.inf), calls
