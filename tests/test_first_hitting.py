@@ -60,3 +60,30 @@ def test_gumbel_sampling_matches_categorical_frequencies():
     draws = gumbel_categorical(torch.log(probs).expand(20000, 5), torch.Generator().manual_seed(4))
     counts = torch.bincount(draws, minlength=5).numpy()
     assert chisquare(counts, probs.numpy() * 20000).pvalue > 1e-3
+
+
+def _exact_chisquare_pvalue(out, L):
+    seqs = list(itertools.product(range(3), repeat=L))
+    index = {s: k for k, s in enumerate(seqs)}
+    counts = np.bincount([index[tuple(r)] for r in out.tolist()], minlength=len(seqs))
+    expected = np.exp(HMM.log_likelihood(np.array(seqs))) * len(out)
+    keep = expected >= 5
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    return chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_mdlm_ancestral_matches_the_exact_distribution(cached):
+    from diffusers_ext.masked import mdlm_ancestral_sample
+
+    n, L, steps = 4000, 4, 64
+    out, calls = mdlm_ancestral_sample(HMM, torch.full((n, L), HMM.mask_id), HMM.mask_id, steps,
+                                       torch.Generator().manual_seed(5), cached=cached)
+    assert (out != HMM.mask_id).all() and calls <= steps
+    assert _exact_chisquare_pvalue(out, L) > 1e-3
+    one, calls_one = mdlm_ancestral_sample(HMM, torch.full((1, L), HMM.mask_id), HMM.mask_id, steps,
+                                           torch.Generator().manual_seed(6), cached=True)
+    assert calls_one <= L  # cached, one sequence: a model call only after a step that unmasked something
+    with pytest.raises(ValueError, match="num_steps"):
+        mdlm_ancestral_sample(HMM, torch.full((1, L), HMM.mask_id), HMM.mask_id, 0, torch.Generator())
