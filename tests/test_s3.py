@@ -44,7 +44,7 @@ def test_resumed_search_continues_exactly(objective, tmp_path):
 
 def test_plain_evolution_and_bad_input(objective):
     plain = s3_search(objective, NOISE_SCHEDULE, 4, budget=16 * 4 * 30, predictor=False, progress=False)
-    assert plain.best_value <= plain.seed_best_value
+    assert plain.best_value < plain.seed_best_value  # the archive holds the seeds: equality = no progress
     with pytest.raises(ValueError, match=">= 1"):
         s3_search(objective, NOISE_SCHEDULE, 0, budget=10)
 
@@ -53,11 +53,11 @@ def test_cli_search_writes_a_runnable_schedule(tmp_path, capsys):
     from diffusers_ext.cli import main
 
     out = tmp_path / "best.json"
-    argv = ["search", "--model", "gmm", "--nfe", "4", "--samples", "8", "--budget", str(8 * 4 * 25),
+    argv = ["search", "--model", "gmm", "--nfe", "4", "--samples", "8", "--budget", str(8 * 4 * 60),
             "--archive", str(tmp_path / "archive.jsonl"), "--out", str(out)]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["searched"] <= summary["hand_designed_best"] and summary["schedules_evaluated"] == 25
+    assert summary["searched"] < summary["hand_designed_best"] and summary["schedules_evaluated"] == 60
     schedule = json.loads(out.read_text())
     x = torch.randn(3, 2, 4, 4)
     sched = USFScheduler(solver_schedule=schedule)
@@ -66,4 +66,4 @@ def test_cli_search_writes_a_runnable_schedule(tmp_path, capsys):
         x = sched.step(GMM(x, t).sample, t, x).prev_sample
     assert torch.isfinite(x).all()
     assert main(argv) == 0  # resumed: the archive already holds the budget
-    assert len((tmp_path / "archive.jsonl").read_text().splitlines()) == 25
+    assert len((tmp_path / "archive.jsonl").read_text().splitlines()) == 60

@@ -341,7 +341,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
             first = self._threshold(data).to(model_output.dtype)
         tensors = [sample.contiguous(), first]
         outs = [None]
-        if self.uses_saved_sample:
+        if self._saved is not None:  # allocated in _start when the family keeps a sample
             tensors.append(self._saved)
             outs.append(self._saved)
         if self.stochastic:
@@ -356,7 +356,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                 self._anchor = lincomb(None, anchor_coeffs, tensors[:2])
             tensors.append(self._anchor)
         results = lincomb(outs, coeffs, tensors, history=self._history,
-                          write_slot=slot if self.history_size else None, columns=self._plan.row_columns)
+                          write_slot=slot if self._history is not None else None, columns=self._plan.row_columns)
         prev_sample = results[0]
         if not return_dict:
             return (prev_sample,)

@@ -76,6 +76,13 @@ class USFScheduler(SolverScheduler):
         if isinstance(schedule, str) and not schedule.lstrip().startswith("{"):
             schedule = load_shipped_schedule(schedule)
         self._schedule = None if schedule is None else SolverSchedule.from_dict(schedule)  # the config is frozen
+        steps = self._schedule.steps if self._schedule is not None else ()
+        # the ring and column layout, once (``step`` reads these on every call)
+        self._uses_saved = any(step.corrector == "pseudo" for step in steps)
+        self._records = any(step.prediction == "noise" for step in steps)
+        reach = [max((max(p) for p in step.derivative_points), default=0) + (step.corrector == "pseudo")
+                 for step in steps]
+        self._history_size = max(reach + [1])
 
     @property
     def schedule(self) -> SolverSchedule:
@@ -100,19 +107,15 @@ class USFScheduler(SolverScheduler):
 
     @property
     def uses_saved_sample(self) -> bool:
-        return any(step.corrector == "pseudo" for step in self.schedule.steps)
+        return self._uses_saved
 
     @property
     def records_samples(self) -> bool:
-        return any(step.prediction == "noise" for step in self.schedule.steps)
+        return self._records
 
     @property
     def history_size(self) -> int:
-        furthest = 0
-        for step in self.schedule.steps:
-            reach = max((max(points) for points in step.derivative_points), default=0)
-            furthest = max(furthest, reach + (step.corrector == "pseudo"))
-        return max(furthest, 1)
+        return self._history_size
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
                       mu=None) -> None:
