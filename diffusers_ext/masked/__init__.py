@@ -1,7 +1,13 @@
-"""Masked (absorbing-state) diffusion: mask schedules, the First-Hitting Sampler and the MDLM baseline."""
+"""Masked (absorbing-state) diffusion: mask schedules, the First-Hitting Sampler, the MDLM baseline and a
+pipeline that runs either on any token denoiser."""
 
-from .ancestral import mdlm_ancestral_sample
-from .first_hitting import MASK_SCHEDULES, first_hitting_sample, first_hitting_times, gumbel_categorical
+from .ancestral import MDLMAncestralScheduler
+from .base import MaskedSchedulerOutput
+from .categorical import filter_logits, gumbel_categorical
+from .first_hitting import FirstHittingScheduler
+from .mask_schedules import MASK_SCHEDULE_NAMES, MaskSchedule, get_mask_schedule
+from .pipeline import MaskedDiffusionPipeline, MaskedDiffusionPipelineOutput
 
-__all__ = ["MASK_SCHEDULES", "mdlm_ancestral_sample", "first_hitting_sample", "first_hitting_times",
-           "gumbel_categorical"]
+__all__ = ["FirstHittingScheduler", "MDLMAncestralScheduler", "MaskedDiffusionPipeline",
+           "MaskedDiffusionPipelineOutput", "MaskedSchedulerOutput", "MASK_SCHEDULE_NAMES", "MaskSchedule",
+           "get_mask_schedule", "filter_logits", "gumbel_categorical"]

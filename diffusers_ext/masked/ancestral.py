@@ -1,47 +1,90 @@
 """The MDLM ancestral sampler (arXiv 2406.07524): the time-stepped baseline of the First-Hitting Sampler.
 
-On a grid t_0 = 1 > t_1 > ... > t_N = 0, a step from t to s unmasks each masked token independently with
-probability (alpha(s) - alpha(t)) / (1 - alpha(t)), drawing its token from the denoiser's categorical at its
-position (a full L x V draw per step). The cached variant (time-agnostic denoisers) reuses the last logits
-while no token changed, so steps that unmask nothing cost no model call.
+On the grid t_i = 1 - i/N, a step from t to s draws, at every masked position, one categorical over the
+V tokens and the mask: token v with probability p(v) (alpha(s) - alpha(t)) / (1 - alpha(t)), staying masked
+with probability (1 - alpha(s)) / (1 - alpha(t)) - MDLM's reverse transition, drawn as one (V + 1)-way
+Gumbel-argmax. With many steps each token's probability per step is tiny, which is where float32 uniforms
+fail (see ``categorical.py``). The cached variant (``MaskedDiffusionPipeline(..., use_cache=True)`` with a
+time-agnostic denoiser) reuses the logits while the sequence is unchanged: steps that unmask nothing
+cost no model call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from diffusers.configuration_utils import register_to_config
 
-from .first_hitting import MASK_SCHEDULES, gumbel_categorical
+from .base import MaskedScheduler
+from .categorical import gumbel_categorical
 
 
-def mdlm_ancestral_sample(denoiser, tokens: torch.Tensor, mask_id: int, num_steps: int, generator: torch.Generator,
-                          schedule: str = "linear", sampling_dtype=torch.float64, cached: bool = False):
-    """Unmask every ``mask_id`` token of ``tokens`` (B, L) in ``num_steps`` steps; ``denoiser(tokens, t)`` returns
-    logits (B, L, V). Returns the completed tokens and the number of model calls."""
-    if schedule not in MASK_SCHEDULES:
-        raise ValueError(f"Unknown mask schedule {schedule!r}; valid choices: {sorted(MASK_SCHEDULES)}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    tokens = tokens.clone()
-    if not (tokens == mask_id).any():
-        raise ValueError(f"no mask token (id {mask_id}) to sample: the sequences are complete already")
-    alpha = MASK_SCHEDULES[schedule][0]
-    calls, logits = 0, None
-    for k in range(num_steps):
-        t, s = 1.0 - k / num_steps, 1.0 - (k + 1) / num_steps
-        masked = tokens == mask_id
-        if not masked.any():
-            break
-        if logits is None or not cached:
-            logits = denoiser(tokens, torch.full((len(tokens),), t, dtype=torch.float64))
-            if logits.shape[:2] != tokens.shape:
-                raise ValueError(f"denoiser logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
-            calls += 1
-        a_t, a_s = alpha(t), alpha(s)
-        p_unmask = 1.0 if s == 0.0 else (a_s - a_t) / (1.0 - a_t)
-        u = torch.rand(tokens.shape, generator=generator, dtype=torch.float64)
-        unmask = masked & (u < p_unmask)
-        if unmask.any():
-            draws = gumbel_categorical(logits, generator, sampling_dtype)
-            tokens = torch.where(unmask, draws, tokens)
-            logits = None  # the context changed
-    return tokens, calls
+class MDLMAncestralScheduler(MaskedScheduler):
+    """MDLM ancestral sampling with ``num_inference_steps`` uniform steps in t (arXiv 2406.07524).
+
+    Options as ``FirstHittingScheduler`` (mask schedule, temperature / top-k / top-p, sampling dtype)."""
+
+    @register_to_config
+    def __init__(self, mask_schedule: str | Callable = "linear", schedule_exponent: float = 2.0,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 sampling_dtype: str = "float64", num_inference_steps: int = 128):
+        self._setup(mask_schedule, schedule_exponent, temperature, top_k, top_p, sampling_dtype)
+        self._step_index = 0
+        self._mask_token_id = None
+        self.set_timesteps(num_inference_steps)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None):
+        """N uniform steps from t = 1 to t = 0 (``None``: the configured ``num_inference_steps``)."""
+        n = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        if int(n) != n or n < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
+        self.num_inference_steps = int(n)
+        grid = torch.linspace(1.0, 0.0, self.num_inference_steps + 1, dtype=torch.float64)
+        alpha = self.mask_schedule.alpha(grid)
+        # per-step log-probabilities of "unmask now" and "stay masked" (a schedule still at alpha = 1 unmasks all)
+        masked_before = 1.0 - alpha[:-1]
+        stay = torch.where(masked_before > 0, (1.0 - alpha[1:]) / masked_before.clamp_min(1e-300), 0.0)
+        self._log_unmask, self._log_stay = torch.log1p(-stay), torch.log(stay)
+        self.timesteps = grid[:-1].to(device) if device is not None else grid[:-1]
+        self._step_index = 0
+
+    def begin(self, sample: torch.Tensor, mask_token_id: int) -> int:
+        counts = self.check_sample(sample, mask_token_id).sum(1)
+        if (counts == 0).any():
+            raise ValueError(f"sequence {int(torch.nonzero(counts == 0)[0])} has no mask token (id {mask_token_id}): "
+                             "nothing to sample")
+        self._mask_token_id = mask_token_id
+        self._step_index = 0
+        return self.num_inference_steps
+
+    def plan(self, sample: torch.Tensor, generator=None, need_times: bool = False):
+        t = self.timesteps[min(self._step_index, self.num_inference_steps - 1)]
+        return torch.full((len(sample),), float(t), dtype=torch.float64), None
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.LongTensor, *, mask_token_id=None,
+             generator: torch.Generator | None = None, temperature: float | None = None, top_k: int | None = None,
+             top_p: float | None = None, return_dict: bool = True, **unused):
+        """One step t_i -> t_{i+1} (the scheduler counts i) from logits (B, L, V)."""
+        if self._step_index >= self.num_inference_steps:
+            raise ValueError(f"all {self.num_inference_steps} steps are done: call set_timesteps / begin again")
+        mask_token_id = self._mask_token_id if mask_token_id is None else mask_token_id
+        masked = self.check_sample(sample, mask_token_id)
+        self.check_logits(model_output, sample, mask_token_id)
+        i = self._step_index
+        log_probs = self.log_probs(model_output[masked], mask_token_id, temperature, top_k, top_p)  # (n, V)
+        vocab = log_probs.shape[-1]
+        stay = float(self._log_stay[i])
+        joint = torch.cat([log_probs + float(self._log_unmask[i]), log_probs.new_full((len(log_probs), 1), stay)], -1)
+        draws = gumbel_categorical(joint, generator, self.sampling_dtype)
+        unmask = draws < vocab
+
+        new_sample, transfer = sample.clone(), torch.zeros_like(masked)
+        rows, cols = torch.nonzero(masked, as_tuple=True)
+        rows, cols, tokens = rows[unmask], cols[unmask], draws[unmask]
+        new_sample[rows, cols] = tokens.to(sample.dtype)
+        transfer[rows, cols] = True
+        sampled_probs = torch.zeros(sample.shape, dtype=torch.float32, device=sample.device)
+        sampled_probs[rows, cols] = log_probs[unmask].gather(-1, tokens[:, None])[:, 0].exp().float()
+        self._step_index += 1
+        return self.output(sample, new_sample, transfer, new_sample, sampled_probs, model_output, return_dict)

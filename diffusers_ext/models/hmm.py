@@ -54,47 +54,49 @@ class HiddenMarkovModel:
 
     # ------------------------------------------------------------------------------ inference
     def _evidence(self, tokens: np.ndarray) -> np.ndarray:
-        """(L, S): p(x_i | z_i = s) for observed tokens, 1 at masked positions."""
+        """(B, L, S): p(x_i | z_i = s) for observed tokens, 1 at masked positions."""
         masked = tokens == self.mask_id
-        ev = self.emission[:, np.where(masked, 0, tokens)].T.copy()
+        ev = np.moveaxis(self.emission[:, np.where(masked, 0, tokens)], 0, -1).copy()
         ev[masked] = 1.0
         return ev
 
     def _forward_backward(self, tokens: np.ndarray):
+        """Scaled forward/backward messages (B, L, S) and per-position scales (B, L) for a batch."""
         ev = self._evidence(tokens)
-        L, S = ev.shape
-        alpha, beta, scale = np.empty((L, S)), np.empty((L, S)), np.empty(L)
-        a = self.initial * ev[0]
+        B, L, S = ev.shape
+        alpha, beta, scale = np.empty((B, L, S)), np.empty((B, L, S)), np.empty((B, L))
+        a = self.initial * ev[:, 0]
         for i in range(L):
             if i:
-                a = (alpha[i - 1] @ self.transition) * ev[i]
-            scale[i] = a.sum()
-            alpha[i] = a / scale[i]
-        beta[-1] = 1.0
+                a = (alpha[:, i - 1] @ self.transition) * ev[:, i]
+            scale[:, i] = a.sum(-1)
+            alpha[:, i] = a / scale[:, i, None]
+        beta[:, -1] = 1.0
         for i in range(L - 2, -1, -1):
-            b = self.transition @ (ev[i + 1] * beta[i + 1])
-            beta[i] = b / scale[i + 1]
+            beta[:, i] = (ev[:, i + 1] * beta[:, i + 1]) @ self.transition.T / scale[:, i + 1, None]
         return alpha, beta, scale
 
-    def log_likelihood(self, tokens) -> np.ndarray:
-        """log p(observed tokens) for each sequence of a (B, L) batch (masked positions marginalized)."""
-        tokens = np.atleast_2d(np.asarray(tokens))
-        return np.array([np.log(self._forward_backward(seq)[2]).sum() for seq in tokens])
-
-    def conditionals(self, tokens) -> np.ndarray:
-        """(B, L, V) float64: p(x_i = v | unmasked tokens) at masked positions, one-hot at unmasked ones."""
+    def _check(self, tokens) -> np.ndarray:
         tokens = np.atleast_2d(np.asarray(tokens))
         if tokens.min() < 0 or tokens.max() > self.mask_id:
             raise ValueError(f"token ids must lie in 0..{self.mask_id} (mask id {self.mask_id})")
-        out = np.zeros((*tokens.shape, self.vocab_size))
-        for b, seq in enumerate(tokens):
-            alpha, beta, _ = self._forward_backward(seq)
-            posterior = alpha * beta
-            posterior /= posterior.sum(-1, keepdims=True)
-            probs = posterior @ self.emission
-            masked = seq == self.mask_id
-            out[b, masked] = probs[masked]
-            out[b, np.flatnonzero(~masked), seq[~masked]] = 1.0
+        return tokens
+
+    def log_likelihood(self, tokens) -> np.ndarray:
+        """log p(observed tokens) for each sequence of a (B, L) batch (masked positions marginalized)."""
+        return np.log(self._forward_backward(self._check(tokens))[2]).sum(-1)
+
+    def conditionals(self, tokens) -> np.ndarray:
+        """(B, L, V) float64: p(x_i = v | unmasked tokens) at masked positions, one-hot at unmasked ones."""
+        tokens = self._check(tokens)
+        alpha, beta, _ = self._forward_backward(tokens)
+        posterior = alpha * beta
+        posterior /= posterior.sum(-1, keepdims=True)
+        out = posterior @ self.emission
+        masked = tokens == self.mask_id
+        out[~masked] = 0.0
+        rows, cols = np.nonzero(~masked)
+        out[rows, cols, tokens[rows, cols]] = 1.0
         return out
 
     def __call__(self, tokens: torch.Tensor, timestep=None) -> torch.Tensor:
