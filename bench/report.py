@@ -22,6 +22,54 @@ def step_cost_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def masked_quality_table(rows: list[dict]) -> str:
+    names = {"data": "HMM ancestral samples (truth)", "fhs": "First-Hitting", "fhs-k4": "First-Hitting, 4 tokens/call",
+             "mdlm": "MDLM"}
+    lines = ["| sampler | steps | model calls | log-lik / token | unigram entropy (nats) | seconds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {names.get(r['sampler'], r['sampler'])} | {r['steps'] or '-'} | {r['model_calls']} | "
+                     f"{r['loglik_per_token']:.3f} ± {r['loglik_se']:.3f} | {r['unigram_entropy']:.3f} | "
+                     f"{r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def masked_speed_table(rows: list[dict]) -> str:
+    lines = ["| vocab | length | FHS s (calls) | FHS full logits s | MDLM cached s (calls) | MDLM uncached s (calls) "
+             "| MDLM steps | speedup vs cached | vs uncached |", "|---|---|---|---|---|---|---|---|---|"]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["vocab"], r["length"]), {})[r["sampler"]] = r
+    for (vocab, length), c in sorted(cells.items()):
+        if not {"fhs", "mdlm-cached", "mdlm-uncached"} <= set(c):
+            continue
+        fhs, cached, uncached = c["fhs"], c["mdlm-cached"], c["mdlm-uncached"]
+        full = c.get("fhs-full-logits")
+        full_s = f"{full['seconds_median']:.2f}" if full else "-"
+        lines.append(f"| {vocab} | {length} | {fhs['seconds_median']:.2f} ({fhs['model_calls']}) | {full_s} | "
+                     f"{cached['seconds_median']:.2f} ({cached['model_calls']}) | "
+                     f"{uncached['seconds_median']:.2f} ({uncached['model_calls']}) | {cached['steps']} | "
+                     f"**{cached['seconds_median'] / fhs['seconds_median']:.1f}x** | "
+                     f"**{uncached['seconds_median'] / fhs['seconds_median']:.1f}x** |")
+    return "\n".join(lines)
+
+
+def masked_entropy_table(rows: list[dict]) -> str:
+    lines = ["| sampler | steps | float64: log-lik / token | float32: log-lik / token | float64: unigram entropy "
+             "| float32: unigram entropy |", "|---|---|---|---|---|---|"]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["sampler"], r["steps"] or 0), {})[r["dtype"]] = r
+    for (sampler, steps), c in sorted(cells.items()):
+        if set(c) != {"float64", "float32"}:
+            continue
+        a, b = c["float64"], c["float32"]
+        lines.append(f"| {'First-Hitting' if sampler == 'fhs' else 'MDLM'} | {steps or '-'} | "
+                     f"{a['loglik_per_token']:.3f} ± {a['loglik_se']:.3f} | {b['loglik_per_token']:.3f} ± "
+                     f"{b['loglik_se']:.3f} | {a['unigram_entropy']:.3f} | {b['unigram_entropy']:.3f} |")
+    return "\n".join(lines)
+
+
 def replace(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
@@ -44,6 +92,12 @@ def main():
             from diffusers_ext.eval.sweep import load_done, summarize, summary_table
 
             text = replace(text, name.replace("_", "-"), summary_table(summarize(list(load_done(path).values()))))
+    from diffusers_ext.results_log import read_rows
+
+    for name, table in (("masked_quality", masked_quality_table), ("masked_speed", masked_speed_table),
+                        ("masked_entropy", masked_entropy_table)):
+        if (results / f"{name}.jsonl").exists():
+            text = replace(text, name.replace("_", "-"), table(read_rows(results / f"{name}.jsonl")))
     for device in ("cpu", "cuda"):
         path = results / f"step_cost_{device}.json"
         if path.exists():

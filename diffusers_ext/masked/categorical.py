@@ -54,11 +54,18 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return out
 
 
+def uniform(shape, generator: torch.Generator | None, dtype=torch.float64, device=None) -> torch.Tensor:
+    """U(0, 1) draws made on the generator's device (reproducible for a given generator), moved to ``device``."""
+    source = generator.device if generator is not None else device
+    draws = torch.rand(shape, generator=generator, dtype=dtype, device=source)
+    return draws if device is None else draws.to(device)
+
+
 def gumbel_categorical(logits: torch.Tensor, generator: torch.Generator | None = None,
                        dtype=torch.float64) -> torch.Tensor:
     """Indices drawn from softmax(logits) over the last axis by Gumbel-argmax with uniforms in ``dtype``."""
     dtype = resolve_sampling_dtype(dtype)
     tiny = torch.finfo(dtype).tiny
-    noise = torch.rand(logits.shape, generator=generator, dtype=dtype, device=logits.device)
+    noise = uniform(logits.shape, generator, dtype, logits.device)
     noise.clamp_(min=tiny).log_().neg_().clamp_(min=tiny).log_()  # log(-log u) = -Gumbel, in place
     return torch.argmax(logits.to(dtype) - noise, dim=-1)

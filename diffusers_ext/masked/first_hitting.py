@@ -31,7 +31,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_block_refinement import BlockRefinementScheduler
 
 from .base import MaskedScheduler
-from .categorical import gumbel_categorical
+from .categorical import gumbel_categorical, uniform
 
 
 class FirstHittingScheduler(MaskedScheduler):
@@ -101,7 +101,7 @@ class FirstHittingScheduler(MaskedScheduler):
     def _choose_positions(masked: torch.Tensor, counts: torch.Tensor, generator) -> torch.Tensor:
         """(B, max count) uniformly chosen masked positions, -1 past each row's count."""
         k = int(counts.max())
-        keys = torch.rand(masked.shape, generator=generator, dtype=torch.float64).to(masked.device)
+        keys = uniform(masked.shape, generator, device=masked.device)
         keys = keys.masked_fill(~masked, -1.0)
         positions = torch.topk(keys, k, dim=1).indices if k else keys.new_zeros((len(keys), 0), dtype=torch.long)
         valid = torch.arange(k, device=masked.device)[None] < counts[:, None]
@@ -118,7 +118,7 @@ class FirstHittingScheduler(MaskedScheduler):
         level, call_level = self._level.clone(), None
         n = num_masked.cpu().to(torch.float64)
         for j in range(int(counts.max())):  # the next k first-hitting times; the call is at the first
-            u = torch.rand(len(level), generator=generator, dtype=torch.float64)
+            u = uniform(len(level), generator, device="cpu")
             hit = j < counts.cpu()
             level = torch.where(hit, level * u ** (1.0 / (n - j).clamp_min(1.0)), level)
             call_level = level.clone() if j == 0 else call_level
