@@ -91,6 +91,8 @@ def speed(args):
                     continue
                 denoiser = (lambda x, m=model: m(x)) if name == "fhs-full-logits" else model
                 repeats = 1 if (heavy or (vocab > 256 and name.startswith("mdlm"))) else args.repeats
+                with torch.no_grad():  # warm-up (first-call allocations), not timed
+                    run(denoiser, "fhs", None, 1, 8, seed=0, mask_token_id=model.mask_id)
                 times, calls = [], None
                 for r in range(repeats):
                     with torch.no_grad():

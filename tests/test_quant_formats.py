@@ -80,3 +80,17 @@ def test_integer_formats():
 def test_unknown_format():
     with pytest.raises(ValueError, match="valid choices"):
         get_format("fp5_e9m9")
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_packing_round_trips_bit_exactly(bits):
+    from diffusers_ext.quant.packing import pack_codes, unpack_codes
+
+    codes = torch.randint(0, 2**bits, (1001,), generator=torch.Generator().manual_seed(bits), dtype=torch.int32)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-1001 * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, 1001), codes)
+    if bits == 4:  # two codes per byte, the first in the high nibble
+        assert packed[0] == (codes[0] << 4 | codes[1])
+    with pytest.raises(ValueError, match="codes must lie"):
+        pack_codes(torch.tensor([2**bits]), bits)
