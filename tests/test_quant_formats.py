@@ -94,3 +94,18 @@ def test_packing_round_trips_bit_exactly(bits):
         assert packed[0] == (codes[0] << 4 | codes[1])
     with pytest.raises(ValueError, match="codes must lie"):
         pack_codes(torch.tensor([2**bits]), bits)
+
+
+@pytest.mark.parametrize("name", ["fp4_e2m1", "fp8_e4m3", "fp4_e3m0", "int4"])
+def test_directed_rounding_brackets_the_value(name):
+    """round_toward_zero / round_away_from_zero give the two grid neighbours; nearest is one of them."""
+    fmt = get_format(name)
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(1)) * fmt.max_value / 3
+    low, high, nearest = fmt.round_toward_zero(x), fmt.round_away_from_zero(x), fmt.round(x)
+    inside = x.abs() <= fmt.max_value
+    assert (low.abs() <= x.abs()).all() and (high.abs()[inside] >= x.abs()[inside]).all()
+    assert torch.equal(fmt.round(low), low) and torch.equal(fmt.round(high), high)
+    assert ((nearest == low) | (nearest == high)).all()
+    between = (x.abs() > low.abs()) & (x.abs() < high.abs())  # no grid value strictly between low and high
+    mid = (low + high)[between] / 2
+    assert torch.equal(fmt.round_toward_zero(mid), low[between])

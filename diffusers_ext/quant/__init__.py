@@ -1,5 +1,13 @@
-"""Low-bit quantization of diffusion models (arXiv 2408.06995): number formats, ..."""
+"""Low-bit floating-point quantization of diffusion models (arXiv 2408.06995): number formats, calibration
+along the sampling trajectory, learned rounding, quantized layers and packed storage."""
 
+from .calibration import collect_layer_inputs, input_scale, quantizable_layers, weight_scales
 from .formats import FORMATS, FloatFormat, IntFormat, get_format
+from .layers import QuantizedLayer
+from .quantize import quantize
+from .rounding import learn_rounding, reconstruction_error
+from .storage import load_quantized, save_quantized
 
-__all__ = ["FORMATS", "FloatFormat", "IntFormat", "get_format"]
+__all__ = ["FORMATS", "FloatFormat", "IntFormat", "QuantizedLayer", "collect_layer_inputs", "get_format",
+           "input_scale", "learn_rounding", "load_quantized", "quantizable_layers", "quantize",
+           "reconstruction_error", "save_quantized", "weight_scales"]

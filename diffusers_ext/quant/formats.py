@@ -47,15 +47,26 @@ class FloatFormat:
         """The same bit layout with another exponent bias (= a power-of-two scale); no native dtype."""
         return replace(self, bias=int(bias), torch_dtype=None, name=f"{self.name}_b{bias}")
 
-    def round(self, x: torch.Tensor) -> torch.Tensor:
-        """Round to nearest, ties to even, onto this format's grid (float32 in, float32 out)."""
+    def _to_grid(self, x: torch.Tensor, rounding) -> torch.Tensor:
         x = x.float()
         magnitude = x.abs()
         _, exponent = torch.frexp(magnitude)  # magnitude = f 2^exponent, f in [0.5, 1)
         exponent = (exponent - 1).clamp_min(self.min_normal_exponent)  # subnormals share the smallest quantum
         quantum = torch.ldexp(torch.ones_like(magnitude), exponent - self.mantissa_bits)
-        rounded = (torch.round(magnitude / quantum) * quantum).clamp_max(self.max_value)
+        rounded = (rounding(magnitude / quantum) * quantum).clamp_max(self.max_value)
         return torch.where(torch.isnan(x), x, torch.copysign(rounded, x))
+
+    def round(self, x: torch.Tensor) -> torch.Tensor:
+        """Round to nearest, ties to even, onto this format's grid (float32 in, float32 out)."""
+        return self._to_grid(x, torch.round)
+
+    def round_toward_zero(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid value next to x on the side of zero (x itself if on the grid; saturating)."""
+        return self._to_grid(x, torch.floor)
+
+    def round_away_from_zero(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid value next to x away from zero (x itself if on the grid; saturating)."""
+        return self._to_grid(x, torch.ceil)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes (int32) of values already on the grid (call ``round`` first)."""
@@ -105,9 +116,19 @@ class IntFormat:
     def max_value(self) -> float:
         return float(2 ** (self.bits - 1) - 1)
 
-    def round(self, x: torch.Tensor) -> torch.Tensor:
+    def _to_grid(self, x: torch.Tensor, rounding) -> torch.Tensor:
         x = x.float()
-        return torch.where(torch.isnan(x), x, torch.round(x).clamp(-self.max_value, self.max_value))
+        rounded = torch.copysign(rounding(x.abs()), x).clamp(-self.max_value, self.max_value)
+        return torch.where(torch.isnan(x), x, rounded)
+
+    def round(self, x: torch.Tensor) -> torch.Tensor:
+        return self._to_grid(x, torch.round)
+
+    def round_toward_zero(self, x: torch.Tensor) -> torch.Tensor:
+        return self._to_grid(x, torch.floor)
+
+    def round_away_from_zero(self, x: torch.Tensor) -> torch.Tensor:
+        return self._to_grid(x, torch.ceil)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if torch.isnan(x).any():

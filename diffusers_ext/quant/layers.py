@@ -1,0 +1,114 @@
+"""Quantized Linear / Conv2d layers: weights on a low-bit grid with per-output-channel scales, inputs
+fake-quantized with one per-tensor scale (arXiv 2408.06995's W8A8 / W4A8 setting).
+
+Weights are kept as integer codes of their format (``weight_codes``) plus ``weight_scale`` (out,); the float
+weight used by ``forward`` is decoded once (``dequantized_weight``). On CPU every format is emulated in
+float32; with CUDA on sm89+ and float8_e4m3 weights and inputs, ``forward`` uses a real FP8 matmul
+(``torch._scaled_mm``) for Linear layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .formats import FloatFormat, IntFormat, get_format
+
+QUANTIZABLE = (nn.Linear, nn.Conv2d)
+
+
+def channel_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A per-output-channel (out,) vector shaped to broadcast against ``weight`` (out, ...)."""
+    return scale.reshape(-1, *([1] * (weight.ndim - 1)))
+
+
+def fake_quantize(x: torch.Tensor, fmt: FloatFormat | IntFormat, scale: torch.Tensor) -> torch.Tensor:
+    """fmt.round(x / scale) * scale (scale broadcastable to x)."""
+    return fmt.round(x / scale) * scale
+
+
+class QuantizedLayer(nn.Module):
+    """A quantized ``nn.Linear`` or ``nn.Conv2d`` (same call signature, bias kept in float32)."""
+
+    def __init__(self, layer: nn.Module, weight_format: str, weight_scale: torch.Tensor,
+                 weight_grid: torch.Tensor | None = None, activation_format: str | None = None,
+                 input_scale: torch.Tensor | float | None = None):
+        super().__init__()
+        if not isinstance(layer, QUANTIZABLE):
+            raise TypeError(f"only {[c.__name__ for c in QUANTIZABLE]} can be quantized, got {type(layer).__name__}")
+        self.kind = "linear" if isinstance(layer, nn.Linear) else "conv2d"
+        self.conv_options = {} if self.kind == "linear" else {
+            "stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups}
+        if self.kind == "conv2d" and layer.padding_mode != "zeros":
+            raise ValueError(f"conv padding_mode {layer.padding_mode!r} is not supported (only 'zeros')")
+        self.weight_format = get_format(weight_format)
+        self.activation_format = get_format(activation_format) if activation_format is not None else None
+        if self.activation_format is not None and input_scale is None:
+            raise ValueError("an activation format needs an input scale (calibrate first)")
+        weight = layer.weight.detach().float()
+        scale = weight_scale.detach().float().reshape(-1)
+        if scale.numel() != weight.shape[0] or not (scale > 0).all():
+            raise ValueError(f"weight_scale must hold {weight.shape[0]} positive per-channel scales")
+        grid = self.weight_format.round(weight / channel_view(scale, weight)) if weight_grid is None else weight_grid
+        self.register_buffer("weight_codes", self.weight_format.encode(grid).to(torch.int16))
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("input_scale", None if input_scale is None else
+                             torch.as_tensor(input_scale, dtype=torch.float32).reshape(()))
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float(), requires_grad=False)
+        self.weight_shape = tuple(weight.shape)
+        self._weight_cache = None
+
+    @property
+    def dequantized_weight(self) -> torch.Tensor:
+        if self._weight_cache is None or self._weight_cache.device != self.weight_codes.device:
+            grid = self.weight_format.decode(self.weight_codes)
+            self._weight_cache = grid * channel_view(self.weight_scale, grid)
+        return self._weight_cache
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_format is None:
+            return x
+        return fake_quantize(x.float(), self.activation_format, self.input_scale).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._real_fp8_available(x):
+            return self._fp8_linear(x)
+        weight = self.dequantized_weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        x = self.quantize_input(x)
+        if self.kind == "linear":
+            return F.linear(x, weight, bias)
+        return F.conv2d(x, weight, bias, **self.conv_options)
+
+    # ------------------------------------------------------------------ real FP8 (CUDA, sm89+)
+    def _real_fp8_available(self, x: torch.Tensor) -> bool:
+        fp8 = getattr(self.weight_format, "torch_dtype", None)
+        if self.kind != "linear" or not x.is_cuda:
+            return False
+        out_features, in_features = self.weight_shape
+        return (fp8 == torch.float8_e4m3fn
+                and getattr(self.activation_format, "torch_dtype", None) == torch.float8_e4m3fn
+                and in_features % 16 == 0 and out_features % 16 == 0  # FP8 GEMM tile constraints
+                and torch.cuda.get_device_capability(x.device) >= (8, 9) and hasattr(torch, "_scaled_mm"))
+
+    def _fp8_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """y = (x_q s_x) (W_q s_w)^T with x_q, W_q in float8_e4m3fn: one scaled FP8 GEMM."""
+        if getattr(self, "_fp8_weight", None) is None:
+            grid = self.weight_format.decode(self.weight_codes)
+            self._fp8_weight = grid.to(torch.float8_e4m3fn).t()  # (in, out), column-major for _scaled_mm
+        lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+        rows = x2.shape[0]
+        x2 = F.pad(x2, (0, 0, 0, (-rows) % 16))  # rows padded to a multiple of 16
+        x_fp8 = self.activation_format.round(x2.float() / self.input_scale).to(torch.float8_e4m3fn)
+        # row-wise scaling: one input scale per row (all equal), one weight scale per output channel
+        scale_a = self.input_scale.reshape(1, 1).expand(x2.shape[0], 1).contiguous().float()
+        out = torch._scaled_mm(x_fp8, self._fp8_weight, scale_a=scale_a,
+                               scale_b=self.weight_scale.reshape(1, -1).float(), out_dtype=torch.bfloat16)[:rows]
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.to(x.dtype).reshape(*lead, -1)
+
+    def extra_repr(self) -> str:
+        act = self.activation_format.name if self.activation_format is not None else "none"
+        return f"{self.kind} {self.weight_shape}, weights {self.weight_format.name}, inputs {act}"

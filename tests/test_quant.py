@@ -1,0 +1,110 @@
+"""Quantized layers, calibration, learned rounding and packed storage on small models."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusers_ext.quant import (
+    QuantizedLayer,
+    collect_layer_inputs,
+    get_format,
+    learn_rounding,
+    load_quantized,
+    quantize,
+    reconstruction_error,
+    save_quantized,
+    weight_scales,
+)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                         nn.SiLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.SiLU(), nn.Linear(32, 10)).eval()
+
+
+def _inputs(n, seed):
+    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _calibrate(model, seed=1):
+    return collect_layer_inputs(model, lambda: [model(_inputs(32, seed + k)) for k in range(4)])
+
+
+def test_quantized_layer_computes_the_documented_formula():
+    layer = nn.Linear(24, 8)
+    fmt, act = get_format("fp4_e2m1"), get_format("fp8_e4m3")
+    scale = weight_scales(layer.weight, fmt)
+    q = QuantizedLayer(layer, "fp4_e2m1", scale, activation_format="fp8_e4m3", input_scale=0.01)
+    x = torch.randn(5, 24)
+    w = fmt.round(layer.weight / scale[:, None]) * scale[:, None]
+    expected = F.linear(act.round(x / 0.01) * 0.01, w, layer.bias)
+    assert torch.equal(q(x), expected)
+    grid = torch.unique(q.dequantized_weight / scale[:, None])
+    assert torch.equal(fmt.round(grid), grid)  # every weight on the FP4 grid
+
+
+def test_w8a8_fp8_stays_close_and_save_load_is_identical(tmp_path):
+    model = _model()
+    x = _inputs(16, 99)
+    reference = model(x).detach()
+    calibration = _calibrate(model)
+    quantize(model, weights="fp8_e4m3", activations="fp8_e4m3", calibration=calibration, progress=False)
+    assert sum(isinstance(m, QuantizedLayer) for m in model.modules()) == 4
+    out = model(x).detach()
+    rel = ((out - reference).norm() / reference.norm()).item()
+    assert 0 < rel < 0.05, rel
+    path = save_quantized(model, tmp_path / "w8a8.safetensors")
+    again = load_quantized(_model(seed=5), path)  # other float weights: all replaced from the file
+    assert torch.equal(again(x), out)
+
+
+def test_fp4_file_is_packed_two_codes_per_byte(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _model()
+    quantize(model, weights="fp4_e2m1", activations=None, progress=False)
+    path = save_quantized(model, tmp_path / "w4.safetensors")
+    tensors = load_file(str(path))
+    conv = model[2]
+    assert tensors["2.weight_packed"].numel() == conv.weight_codes.numel() // 2
+    quantized_weights = sum(m.weight_codes.numel() for m in model.modules() if isinstance(m, QuantizedLayer))
+    packed = sum(v.numel() for k, v in tensors.items() if k.endswith("weight_packed"))
+    assert packed * 8 == quantized_weights * 4  # 4 bits per weight: 8x smaller than float32
+    x = _inputs(4, 3)
+    assert torch.equal(load_quantized(_model(seed=2), path)(x), model(x))
+
+
+def test_learned_rounding_beats_round_to_nearest():
+    """On a fixed seed, learned FP4 rounding lowers the layer's reconstruction error on held-out inputs."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    mixing = torch.randn(64, 64) / 8  # correlated inputs: where rounding choices interact
+    train = [torch.randn(256, 64) @ mixing for _ in range(4)]
+    held_out = [torch.randn(512, 64, generator=torch.Generator().manual_seed(7)) @ mixing]
+    fmt = get_format("fp4_e2m1")
+    scale = weight_scales(layer.weight, fmt)
+    s = scale[:, None]
+    nearest = fmt.round(layer.weight / s) * s
+    learned = learn_rounding("linear", {}, layer.weight, layer.bias, fmt, scale, train, iterations=400,
+                             seed=0, progress=False) * s
+    assert torch.equal(fmt.round(learned / s), learned / s)  # on the grid
+    err = {name: reconstruction_error("linear", {}, held_out, layer.weight.detach(), w.detach(), layer.bias.detach())
+           for name, w in (("nearest", nearest), ("learned", learned))}
+    assert err["learned"] < 0.9 * err["nearest"], err
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="valid choices"):
+        quantize(_model(), weights="fp3_e9m9", activations=None)
+    with pytest.raises(ValueError, match="no quantizable layers"):
+        quantize(nn.Sequential(nn.ReLU()), activations=None)
+    with pytest.raises(ValueError, match="zero samples"):
+        quantize(_model(), weights="fp8_e4m3", activations="fp8_e4m3", calibration=None)
+    with pytest.raises(ValueError, match="zero samples"):
+        quantize(_model(), activations=None, rounding="learned", calibration={"0": []})
+    with pytest.raises(ValueError, match="valid choices"):
+        quantize(_model(), activations=None, rounding="stochastic")
+    with pytest.raises(ValueError, match="no quantized layers"):
+        save_quantized(_model(), "/tmp/never.safetensors")
