@@ -72,7 +72,7 @@ def quality(args):
             tokens, calls = out.sequences.numpy(), out.num_model_calls
         ll = hmm.log_likelihood(tokens) / L
         append_row(path, {"sampler": name, "steps": steps, "length": L, "batch": len(tokens), "vocab": hmm.vocab_size,
-                          "loglik_per_token": float(ll.mean()), "loglik_se": float(ll.std() / np.sqrt(B)),
+                          "loglik_per_token": float(ll.mean()), "loglik_se": float(ll.std() / np.sqrt(len(ll))),
                           "unigram_entropy": unigram_entropy(tokens, hmm.vocab_size), "model_calls": calls,
                           "seconds": seconds})
         print(name, steps, f"ll/token {ll.mean():.4f}", flush=True)
@@ -123,7 +123,7 @@ def entropy(args):
             ll = hmm.log_likelihood(tokens) / L
             append_row(path, {"sampler": name, "steps": steps, "dtype": dtype, "length": L, "batch": B,
                               "unigram_entropy": unigram_entropy(tokens, hmm.vocab_size),
-                              "loglik_per_token": float(ll.mean()), "loglik_se": float(ll.std() / np.sqrt(B)),
+                              "loglik_per_token": float(ll.mean()), "loglik_se": float(ll.std() / np.sqrt(len(ll))),
                               "seconds": seconds})
             print(name, steps, dtype, f"H {unigram_entropy(tokens, hmm.vocab_size):.3f}", flush=True)
 

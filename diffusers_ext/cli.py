@@ -167,6 +167,40 @@ def _search(args) -> int:
     return 0
 
 
+def _quantize(args) -> int:
+    import torch
+
+    from .eval.gmm_accuracy import make_scheduler
+    from .eval.sweep import parse_scheduler
+    from .models.digits import NUM_CLASSES, load_pipeline
+    from .quant import collect_layer_inputs, quantize, save_quantized
+    from .quant.trajectory import record_trajectory, trajectory_error
+
+    if args.model != "digits":
+        raise SystemExit(f"--model {args.model!r}: only the embedded 'digits' model is supported by the CLI; "
+                         "use diffusers_ext.quant.quantize on any torch model from Python")
+    pipe = load_pipeline()
+    path, overrides = parse_scheduler(args.scheduler)
+    pipe.scheduler = type(make_scheduler(path)).from_config(pipe.scheduler.config, **overrides)
+
+    def run(seed):
+        labels = torch.arange(args.samples) % NUM_CLASSES
+        return lambda: pipe(class_labels=labels, num_inference_steps=args.nfe, guidance_scale=args.guidance,
+                            generator=torch.Generator().manual_seed(seed), output_type="pt")
+
+    calibration = collect_layer_inputs(pipe.unet, run(args.seed))
+    held_out = record_trajectory(pipe.unet, run(args.seed + 1))
+    float_bytes = sum(p.numel() * 4 for p in pipe.unet.parameters())
+    quantize(pipe.unet, weights=args.weights, activations=None if args.activations == "none" else args.activations,
+             calibration=calibration, rounding=args.rounding, rounding_iterations=args.iterations, seed=args.seed)
+    error = trajectory_error(pipe.unet, held_out)
+    out = save_quantized(pipe.unet, args.out)
+    print(json.dumps({"weights": args.weights, "activations": args.activations, "rounding": args.rounding,
+                      "held_out_relative_mse": error["relative_mse"], "float32_bytes": float_bytes,
+                      "file_bytes": os.path.getsize(out), "out": str(out)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusers-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--out", default="results/usf_schedule.json", help="the best schedule (JSON)")
     search.add_argument("--cache-dir", default="results/stats-cache", help="reference statistics cache")
     search.set_defaults(func=_search)
+    quant = sub.add_parser("quantize", help="quantize the digits UNet (FP8/FP4/INT weights and activations), "
+                           "calibrated along the sampling trajectory; packed safetensors")
+    quant.add_argument("--model", default="digits", help="digits (Python API: any torch model)")
+    quant.add_argument("--weights", default="fp8_e4m3", help="weight format (fp8_e4m3, fp4_e2m1, int8, int4, ...)")
+    quant.add_argument("--activations", default="fp8_e4m3", help="activation format, or none")
+    quant.add_argument("--rounding", default="nearest", help="nearest or learned")
+    quant.add_argument("--iterations", type=int, default=300, help="learned rounding: Adam steps per layer")
+    quant.add_argument("--scheduler", default="dpm++2m", help="scheduler of the calibration trajectory")
+    quant.add_argument("--nfe", type=int, default=10, help="steps of the calibration trajectory")
+    quant.add_argument("--guidance", type=float, default=1.0, help="guidance scale of the calibration trajectory")
+    quant.add_argument("--samples", type=int, default=64, help="calibration samples")
+    quant.add_argument("--seed", type=int, default=0)
+    quant.add_argument("--out", default="results/digits_quantized.safetensors")
+    quant.set_defaults(func=_quantize)
     args = parser.parse_args(argv)
     return args.func(args)
 

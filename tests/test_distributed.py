@@ -12,12 +12,21 @@ def _sweep(out, nproc):
             "--samples", "60", "--out", str(out), "--cache-dir", str(out.parent / "cache")]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", "29533"] + args
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port())] + args
     else:
         cmd = [sys.executable] + args
     subprocess.run(cmd, check=True, capture_output=True, timeout=300, env={"OMP_NUM_THREADS": "1",
                                                                             **_env()})
     return {(r["scheduler"], r["nfe"]): r["value"] for r in map(json.loads, out.read_text().splitlines())}
+
+
+def _free_port() -> int:
+    """A port nobody listens on now (a fixed one can still be held by an earlier run)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _env():

@@ -108,3 +108,33 @@ def test_bad_input():
         quantize(_model(), activations=None, rounding="stochastic")
     with pytest.raises(ValueError, match="no quantized layers"):
         save_quantized(_model(), "/tmp/never.safetensors")
+
+
+def test_trajectory_error_is_zero_for_the_same_model_and_grows_with_fewer_bits():
+    from diffusers_ext.quant.trajectory import record_trajectory, trajectory_error
+
+    model = _model()
+    calls = record_trajectory(model, lambda: [model(_inputs(8, k)) for k in range(3)])
+    assert len(calls) == 3 and trajectory_error(model, calls)["mse"] == 0.0
+    errors = {}
+    for weights in ("fp8_e4m3", "fp4_e2m1"):
+        quantized = quantize(_model(), weights=weights, activations=None, progress=False)
+        errors[weights] = trajectory_error(quantized, calls)["relative_mse"]
+    assert 0 < errors["fp8_e4m3"] < errors["fp4_e2m1"], errors
+
+
+def test_cli_quantizes_the_digits_unet_into_a_small_file_that_plugs_into_the_pipeline(tmp_path, capsys):
+    import json
+
+    from diffusers_ext.cli import main
+    from diffusers_ext.models.digits import load_pipeline, make_unet
+
+    out = tmp_path / "w4a8.safetensors"
+    assert main(["quantize", "--weights", "fp4_e2m1", "--activations", "fp8_e4m3", "--rounding", "learned",
+                 "--iterations", "3", "--samples", "8", "--nfe", "3", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["file_bytes"] < report["float32_bytes"] / 4 and 0 < report["held_out_relative_mse"] < 1
+    pipe = load_pipeline()
+    pipe.unet = load_quantized(make_unet(), out)
+    images = pipe(class_labels=[1, 2], num_inference_steps=3, output_type="pt").images
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()

@@ -23,7 +23,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize(model: nn.Module, weights: str = "fp8_e4m3", activations: str | None = "fp8_e4m3",
              calibration: dict[str, list[torch.Tensor]] | None = None, rounding: str = "nearest",
-             skip: tuple[str, ...] = (), rounding_iterations: int = 500, seed: int = 0,
+             skip: tuple[str, ...] = (), rounding_iterations: int = 300, seed: int = 0,
              progress: bool = True) -> nn.Module:
     """Quantize every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` (except names starting with an entry of
     ``skip``) in place and return it.

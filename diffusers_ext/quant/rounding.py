@@ -39,7 +39,7 @@ def reconstruction_error(kind, conv_options, inputs, weight_fp, weight_q, bias, 
 
 def learn_rounding(kind: str, conv_options: dict, weight: torch.Tensor, bias: torch.Tensor | None,
                    fmt: FloatFormat | IntFormat, scale: torch.Tensor, inputs: list[torch.Tensor],
-                   activation: tuple | None = None, iterations: int = 500, batch_rows: int = 256,
+                   activation: tuple | None = None, iterations: int = 300, batch_rows: int = 32,
                    reg_weight: float = 0.01, lr: float = 1e-2, seed: int = 0, progress: bool = True,
                    description: str = "rounding") -> torch.Tensor:
     """Grid values (in units of ``scale``) for ``weight`` learned as above; ``activation`` = (format, input
