@@ -62,6 +62,7 @@ def main():
             calibration = collect_layer_inputs(pipe.unet, trajectory_run(pipe, seed=0))
             quantize(pipe.unet, weights, activations, calibration, rounding=rounding,
                      rounding_iterations=args.iterations, seed=0)
+            row["report"] = pipe.unet.quantization_report
             with tempfile.TemporaryDirectory() as tmp:
                 row["file_bytes"] = save_quantized(pipe.unet, Path(tmp) / "q.safetensors").stat().st_size
         else:
