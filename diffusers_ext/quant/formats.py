@@ -20,8 +20,25 @@ from dataclasses import dataclass, replace
 import torch
 
 
+class GridRounding:
+    """Rounding onto a format's grid, given its ``_to_grid(x, rounding)`` (rounding applied to the magnitude in
+    units of the local grid spacing)."""
+
+    def round(self, x: torch.Tensor) -> torch.Tensor:
+        """Round to nearest, ties to even, onto this format's grid (float32 in, float32 out)."""
+        return self._to_grid(x, torch.round)
+
+    def round_toward_zero(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid value next to x on the side of zero (x itself if on the grid; saturating)."""
+        return self._to_grid(x, torch.floor)
+
+    def round_away_from_zero(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid value next to x away from zero (x itself if on the grid; saturating)."""
+        return self._to_grid(x, torch.ceil)
+
+
 @dataclass(frozen=True)
-class FloatFormat:
+class FloatFormat(GridRounding):
     name: str
     exponent_bits: int
     mantissa_bits: int
@@ -56,17 +73,6 @@ class FloatFormat:
         rounded = (rounding(magnitude / quantum) * quantum).clamp_max(self.max_value)
         return torch.where(torch.isnan(x), x, torch.copysign(rounded, x))
 
-    def round(self, x: torch.Tensor) -> torch.Tensor:
-        """Round to nearest, ties to even, onto this format's grid (float32 in, float32 out)."""
-        return self._to_grid(x, torch.round)
-
-    def round_toward_zero(self, x: torch.Tensor) -> torch.Tensor:
-        """The grid value next to x on the side of zero (x itself if on the grid; saturating)."""
-        return self._to_grid(x, torch.floor)
-
-    def round_away_from_zero(self, x: torch.Tensor) -> torch.Tensor:
-        """The grid value next to x away from zero (x itself if on the grid; saturating)."""
-        return self._to_grid(x, torch.ceil)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes (int32) of values already on the grid (call ``round`` first)."""
@@ -106,7 +112,7 @@ class FloatFormat:
 
 
 @dataclass(frozen=True)
-class IntFormat:
+class IntFormat(GridRounding):
     """Symmetric signed integers in [-(2^(b-1) - 1), 2^(b-1) - 1] (round half to even, saturating)."""
 
     name: str
@@ -121,14 +127,6 @@ class IntFormat:
         rounded = torch.copysign(rounding(x.abs()), x).clamp(-self.max_value, self.max_value)
         return torch.where(torch.isnan(x), x, rounded)
 
-    def round(self, x: torch.Tensor) -> torch.Tensor:
-        return self._to_grid(x, torch.round)
-
-    def round_toward_zero(self, x: torch.Tensor) -> torch.Tensor:
-        return self._to_grid(x, torch.floor)
-
-    def round_away_from_zero(self, x: torch.Tensor) -> torch.Tensor:
-        return self._to_grid(x, torch.ceil)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if torch.isnan(x).any():
