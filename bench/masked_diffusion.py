@@ -112,16 +112,19 @@ def entropy(args):
     done = {(r["sampler"], r["steps"], r["dtype"]) for r in read_rows(path)}
     # a longer-tailed HMM (vocabulary 1024, Dirichlet 0.1 emissions): 4.5% of the emission mass lies below
     # the float32 Gumbel limit e^-16.6 x N at N = 10,000 steps
-    hmm, L, B = HiddenMarkovModel.random(num_states=8, vocab_size=1024, seed=0, concentration=0.1), 64, 16
-    configs = [("fhs", None)] + [("mdlm", n) for n in (100, 1000, 10000)]
+    hmm, L, B = HiddenMarkovModel.random(num_states=8, vocab_size=1024, seed=0, concentration=0.1), 64, 32
+    configs = [("data", None)] + [("fhs", None)] + [("mdlm", n) for n in (100, 1000, 10000)]
     for name, steps in configs:
-        for dtype in ("float64", "float32"):
+        for dtype in ("exact",) if name == "data" else ("float64", "float32"):
             if (name, steps, dtype) in done:
                 continue
-            out, seconds = run(hmm, name, steps, B, L, seed=1, dtype=dtype)
-            tokens = out.sequences.numpy()
+            if name == "data":  # the reference: 2000 exact samples of the HMM
+                tokens, seconds = hmm.sample(2000, L, np.random.default_rng(1)), 0.0
+            else:
+                out, seconds = run(hmm, name, steps, B, L, seed=1, dtype=dtype)
+                tokens = out.sequences.numpy()
             ll = hmm.log_likelihood(tokens) / L
-            append_row(path, {"sampler": name, "steps": steps, "dtype": dtype, "length": L, "batch": B,
+            append_row(path, {"sampler": name, "steps": steps, "dtype": dtype, "length": L, "batch": len(tokens),
                               "unigram_entropy": unigram_entropy(tokens, hmm.vocab_size),
                               "loglik_per_token": float(ll.mean()), "loglik_se": float(ll.std() / np.sqrt(len(ll))),
                               "seconds": seconds})

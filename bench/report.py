@@ -59,6 +59,10 @@ def masked_entropy_table(rows: list[dict]) -> str:
              "| float32: unigram entropy |", "|---|---|---|---|---|---|"]
     cells = {}
     for r in rows:
+        if r["sampler"] == "data":
+            lines.insert(0, f"Exact HMM samples ({r['batch']} sequences): log-lik / token "
+                            f"{r['loglik_per_token']:.3f} ± {r['loglik_se']:.3f}.\n")
+            continue
         cells.setdefault((r["sampler"], r["steps"] or 0), {})[r["dtype"]] = r
     for (sampler, steps), c in sorted(cells.items()):
         if set(c) != {"float64", "float32"}:
