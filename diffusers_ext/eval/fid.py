@@ -1,47 +1,75 @@
 """FID through torch-fidelity's feature extractors and formulas, with statistics cached as safetensors.
 
 Inputs are uint8 images (N, C, H, W), a folder of PNGs, or a statistics file written by
-``save_statistics``. Statistics are keyed by a hash of the data and of the extractor's weights
-(torch-fidelity keys its cache by name only, so a retrained extractor would silently reuse old numbers).
+``save_statistics``. Statistics are keyed by a hash of the data (with its shape and dtype) and of the
+extractor's weights (torch-fidelity keys its cache by name only, so a retrained extractor would silently
+reuse old numbers). Statistics files are validated when read: mu (D,), sigma (D, D), finite, D the
+extractor's feature dimension.
 
 Extractors: ``digits-cnn`` (the embedded classifier) and ``inception-v3-compat`` with weights from a
-user path or torch's hub cache; without either, a clear error (no download is attempted).
+user path or torch's hub cache; without either, a clear error (no download is attempted). The Inception
+weights are a pickle (torch-fidelity loads them with ``weights_only=False``, which can run code), so their
+SHA-256 is checked against torch-fidelity's file before anything loads them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from ..models.digits.classifier import FEATURE_DIM
 from .digits_extractor import NAME as DIGITS_CNN
 from .digits_extractor import register
 
-EXTRACTORS = (DIGITS_CNN, "inception-v3-compat")
+INCEPTION = "inception-v3-compat"
+EXTRACTORS = (DIGITS_CNN, INCEPTION)
+FEATURE_DIMS = {DIGITS_CNN: FEATURE_DIM, INCEPTION: 2048}  # each extractor's FID feature layer
+# torch-fidelity's URL_INCEPTION_V3 (feature_extractor_inceptionv3.py):
+# https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# SHA-256 of that file (95,628,359 bytes; the same bytes as pytorch-fid's pt_inception-2015-12-05-6726825d.pth),
+# as recorded by several independent public projects; its first 8 hex digits are the prefix in the file name,
+# which is what torch.hub's check_hash verifies. Not recomputed here: the file cannot be downloaded in our CI.
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+
+
+def _how_to_provide_inception(cache_dir: Path) -> str:
+    return (f"pass --inception-weights PATH (inception_weights= in Python) to torch-fidelity's {INCEPTION_FILE}, "
+            f"or place that file in torch's hub cache ({cache_dir}); or use --extractor {DIGITS_CNN}")
+
+
+def _read_inception_weights(user_path=None) -> tuple[Path, bytes]:
+    """The Inception weights file (the user's, else torch's hub cache; never a download) and its bytes, which
+    must have torch-fidelity's SHA-256 (checked before anything unpickles them)."""
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    path = Path(user_path) if user_path is not None else cache_dir / INCEPTION_FILE
+    if not path.is_file():
+        if user_path is not None:
+            raise FileNotFoundError(f"--inception-weights {path} does not exist")
+        raise FileNotFoundError(f"{INCEPTION} needs its weights and nothing is downloaded: "
+                                + _how_to_provide_inception(cache_dir))
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != INCEPTION_SHA256:
+        raise ValueError(f"{path} is not torch-fidelity's Inception weights file (SHA-256 {digest}, expected "
+                         f"{INCEPTION_SHA256}); refusing to load it, since it is a pickle that can run code. "
+                         + _how_to_provide_inception(cache_dir))
+    return path, data
 
 
 def inception_weights_path(user_path: str | os.PathLike | None = None) -> Path:
-    """The Inception weights: the user's file, else torch's hub cache; never a download."""
-    if user_path is not None:
-        path = Path(user_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--inception-weights {path} does not exist")
-        return path
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if cached.is_file():
-        return cached
-    raise FileNotFoundError(
-        "inception-v3-compat needs its weights and nothing is downloaded: pass --inception-weights PATH "
-        f"(torch-fidelity's {INCEPTION_FILE}) or place that file in torch's hub cache ({cached.parent}); "
-        "or use --extractor digits-cnn")
+    """The verified Inception weights file: the user's, else torch's hub cache (see ``_read_inception_weights``)."""
+    return _read_inception_weights(user_path)[0]
 
 
 def _weights_file(extractor: str, inception_weights=None) -> Path:
@@ -49,7 +77,7 @@ def _weights_file(extractor: str, inception_weights=None) -> Path:
         from ..models.digits import CLASSIFIER_PATH
 
         return CLASSIFIER_PATH
-    if extractor == "inception-v3-compat":
+    if extractor == INCEPTION:
         return inception_weights_path(inception_weights)
     raise ValueError(f"Unknown extractor {extractor!r}; valid choices: {', '.join(EXTRACTORS)}")
 
@@ -82,15 +110,26 @@ def save_pngs(images: torch.Tensor, folder, start: int = 0) -> None:
         Image.fromarray(array).save(folder / f"{start + i:06d}.png")
 
 
+def _feature_extractor(extractor: str, inception_weights=None) -> torch.nn.Module:
+    """torch-fidelity's extractor at its FID layer. Inception loads a private copy of the bytes whose hash was
+    checked, so the file cannot change between the check and torch-fidelity's unpickling."""
+    register()
+    with tempfile.TemporaryDirectory() as private:
+        if extractor == INCEPTION:
+            weights = Path(private) / INCEPTION_FILE
+            weights.write_bytes(_read_inception_weights(inception_weights)[1])
+        else:
+            weights = _weights_file(extractor)
+        cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
+        layer = cls.get_default_feature_layer_for_metric("fid")
+        return cls(extractor, [layer], feature_extractor_weights_path=str(weights)).eval()
+
+
 def extract_features(images: torch.Tensor, extractor: str = DIGITS_CNN, inception_weights=None,
                      batch_size: int = 256) -> np.ndarray:
     """Features (N, D), float32 as torch-fidelity keeps them, from its extractor's default FID layer."""
-    register()
-    weights = _weights_file(extractor, inception_weights)
-    cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
-    layer = cls.get_default_feature_layer_for_metric("fid")
-    model = cls(extractor, [layer], feature_extractor_weights_path=str(weights)).eval()
-    if extractor == "inception-v3-compat" and images.shape[1] == 1:
+    model = _feature_extractor(extractor, inception_weights)
+    if extractor == INCEPTION and images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     feats = []
     with torch.no_grad():
@@ -101,32 +140,78 @@ def extract_features(images: torch.Tensor, extractor: str = DIGITS_CNN, inceptio
 
 def statistics(images, extractor: str = DIGITS_CNN, inception_weights=None, cache_dir=None) -> dict:
     """{"mu", "sigma"} of the features (torch-fidelity's formulas), cached by data and weights hash."""
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"Unknown extractor {extractor!r}; valid choices: {', '.join(EXTRACTORS)}")
     if isinstance(images, (str, os.PathLike)) and Path(images).is_file():
-        return load_statistics(images)
+        return load_statistics(images, extractor)
     images = load_images(images)
+    if len(images) < 2:
+        raise ValueError(f"FID statistics need at least 2 images (a covariance), got {len(images)}")
     key = None
     if cache_dir is not None:
-        digest = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
+        data = hashlib.sha256(f"{tuple(images.shape)} {images.dtype}\n".encode())
+        data.update(images.contiguous().numpy().tobytes())
         weights = _file_hash(_weights_file(extractor, inception_weights))
-        key = Path(cache_dir) / f"{extractor}-{weights}-{digest}.safetensors"
+        key = Path(cache_dir) / f"{extractor}-{weights}-{data.hexdigest()[:16]}.safetensors"
         if key.is_file():
-            return load_statistics(key)
+            return load_statistics(key, extractor)
     stats = fid_features_to_statistics(torch.from_numpy(extract_features(images, extractor, inception_weights)))
     if key is not None:
-        save_statistics(stats, key)
+        save_statistics(stats, key, extractor)
     return stats
 
 
-def save_statistics(stats: dict, path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"mu": np.ascontiguousarray(stats["mu"]), "sigma": np.ascontiguousarray(stats["sigma"])}, str(path))
+def check_statistics(stats: dict, extractor: str | None = None, source: str = "statistics") -> dict:
+    """``stats`` as torch-fidelity's dtypes (mu float32 (D,), sigma float64 (D, D)) after checking keys, shapes,
+    finiteness and, given an extractor, that D is its feature dimension; ValueError otherwise."""
+    if extractor is not None and extractor not in FEATURE_DIMS:
+        raise ValueError(f"Unknown extractor {extractor!r}; valid choices: {', '.join(EXTRACTORS)}")
+    if not isinstance(stats, dict) or set(stats) != {"mu", "sigma"}:
+        raise ValueError(f"{source} must hold exactly mu and sigma, got "
+                         f"{sorted(stats) if isinstance(stats, dict) else type(stats).__name__}")
+    mu, sigma = np.asarray(stats["mu"]), np.asarray(stats["sigma"])
+    for name, value in (("mu", mu), ("sigma", sigma)):
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ValueError(f"{source}: {name} must be floating point, got {value.dtype}")
+    dim = mu.shape[0] if mu.ndim else 0
+    if mu.ndim != 1 or dim == 0:
+        raise ValueError(f"{source}: mu must have shape (D,), got {mu.shape}")
+    if sigma.shape != (dim, dim):
+        raise ValueError(f"{source}: sigma must have shape ({dim}, {dim}) like mu, got {sigma.shape}")
+    for name, value in (("mu", mu), ("sigma", sigma)):
+        if not np.isfinite(value).all():
+            raise ValueError(f"{source}: {name} is not finite ({int((~np.isfinite(value)).sum())} NaN/inf entries)")
+    if extractor is not None and dim != FEATURE_DIMS[extractor]:
+        raise ValueError(f"{source} holds statistics of {dim} features; {extractor} has {FEATURE_DIMS[extractor]} "
+                         "(statistics from another extractor?)")
+    return {"mu": mu.astype(np.float32), "sigma": sigma.astype(np.float64)}
 
 
-def load_statistics(path) -> dict:
-    data = load_file(str(path))
-    if set(data) != {"mu", "sigma"}:
-        raise ValueError(f"{path} is not a statistics file (needs mu and sigma)")
-    return data
+def save_statistics(stats: dict, path, extractor: str | None = None) -> None:
+    """Write validated statistics (and the extractor's name, if given) to ``path``, atomically."""
+    stats = check_statistics(stats, extractor)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        save_file(stats, str(partial), metadata={"extractor": extractor} if extractor else None)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def load_statistics(path, extractor: str | None = None) -> dict:
+    """Statistics written by ``save_statistics``, validated (``check_statistics``); with ``extractor``, the
+    file must match its feature dimension and, if it records one, its name."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            recorded = (f.metadata() or {}).get("extractor")
+            stats = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as error:  # safetensors' own error type for unreadable files
+        raise ValueError(f"{path} is not a statistics file (safetensors with mu and sigma): {error}") from error
+    if extractor is not None and recorded is not None and recorded != extractor:
+        raise ValueError(f"{path} holds {recorded} statistics, not {extractor} ones")
+    return check_statistics(stats, extractor, source=str(path))
 
 
 def fid(input1, input2, extractor: str = DIGITS_CNN, inception_weights=None, cache_dir=None) -> dict:
