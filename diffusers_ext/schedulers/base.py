@@ -15,7 +15,11 @@ no ``.item()``, no host math, no host-device copies. The step index lives on the
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
+import numbers
+import sys
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,7 +36,7 @@ from .plan import Grid, StepPlan, build_plan
 from .predictions import PREDICTION_TYPES, conversion
 from .step_rule import Lin, M, StepRule
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 NOISE_SCHEDULES = ("discrete", "linear", "cosine")
 
 COMMON_OPTIONS: dict[str, Any] = {
@@ -43,6 +47,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "beta_schedule": "linear",
     "trained_betas": None,
     "rescale_betas_zero_snr": False,
+    "snr_shift_scale": 1.0,  # CogVideoX: alpha_bar / (s + (1 - s) alpha_bar)
     "noise_schedule": "discrete",  # "discrete" (betas), or continuous VP "linear" / "cosine"
     "use_flow_sigmas": False,  # flow matching: x_t = (1 - sigma) x0 + sigma eps
     "flow_shift": 1.0,
@@ -52,6 +57,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "max_shift": 1.15,
     "base_image_seq_len": 256,
     "max_image_seq_len": 4096,
+    "shift_terminal": None,  # flow matching: stretch the shifted sigmas to end at this value (Wan, LTX)
     # model
     "prediction_type": "epsilon",
     "variance_type": None,
@@ -66,6 +72,9 @@ COMMON_OPTIONS: dict[str, Any] = {
     "use_beta_sigmas": False,
     "use_lu_lambdas": False,
     "final_sigmas_type": "zero",
+    "sigma_min": None,  # range of the karras / exponential / beta grids (default: the schedule's own)
+    "sigma_max": None,
+    "lambda_min_clipped": -math.inf,  # time grids of discrete schedules start below this log-SNR clip
     # solver
     "solver_order": 2,
     "lower_order_final": True,
@@ -84,15 +93,68 @@ def warmup_order(order: int, i: int, n: int, num_steps: int, lower_order_final: 
 
 
 def _make_init(options: dict[str, Any]):
-    """An ``__init__`` whose signature lists every option, so diffusers' from_config sees them all."""
+    """An ``__init__`` whose signature lists every option, so diffusers' from_config sees them all; unknown
+    keywords raise ``TypeError`` as a written-out signature would."""
 
     def __init__(self, **config):
+        unknown = sorted(set(config) - set(options))
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, options, n=1) for k in unknown}
+            named = ", ".join(f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
+            raise TypeError(f"{type(self).__name__}.__init__() got unexpected keyword argument(s) {named}")
         self._setup()
 
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in options.items()]
     __init__.__signature__ = inspect.Signature(params)
     return register_to_config(__init__)
+
+
+TRAINING_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                          "rescale_betas_zero_snr", "snr_shift_scale")
+
+# Keys of diffusers schedulers that define a noise schedule or model-time convention this core does not
+# implement, with the value that is harmless: a config holding another value is refused, never replaced by
+# a DDPM schedule.
+UNSUPPORTED_SCHEDULE_KEYS: dict[str, tuple[Any, str]] = {
+    "sigma_data": (None, "EDM preconditioning (EDMDPMSolverMultistep / EDMEuler: Playground v2.5, Stable Audio)"),
+    "invert_sigmas": (False, "inverted flow sigmas"),
+    "timestep_type": ("discrete", "continuous (0.25 log sigma) model times"),
+}
+
+
+OTHER_DIFFUSERS_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "LCMScheduler",
+                              "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "EDMEulerScheduler",
+                              "EDMDPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler", "TCDScheduler")
+
+
+def infer_config_class(config: dict) -> str | None:
+    """The scheduler class whose ``__init__`` takes exactly the config's keys: configs built in memory carry no
+    ``_class_name`` (diffusers adds it when saving or loading)."""
+    import diffusers
+
+    keys = {k for k in config if not k.startswith("_")}
+    names = [e.name for e in KarrasDiffusionSchedulers] + list(OTHER_DIFFUSERS_SCHEDULERS)
+    classes = [getattr(diffusers, n, None) for n in names] + _all_subclasses(SolverScheduler)
+    for klass in classes:
+        if klass is not None and set(inspect.signature(klass.__init__).parameters) - {"self"} == keys:
+            return klass.__name__
+    return None
+
+
+def _all_subclasses(klass: type) -> list[type]:
+    return [k for sub in klass.__subclasses__() for k in (sub, *_all_subclasses(sub))]
+
+
+def refuse_unsupported_schedule(config: dict, scheduler_name: str) -> None:
+    """Raise ValueError when ``config`` asks for a noise schedule this core does not implement."""
+    source = config.get("_class_name", "the config")
+    for key, (harmless, what) in UNSUPPORTED_SCHEDULE_KEYS.items():
+        if key in config and config[key] != harmless:
+            raise ValueError(
+                f"{scheduler_name} cannot follow {source}: {key}={config[key]!r} selects {what}, a noise schedule "
+                f"diffusers-ext does not implement. Keep the pipeline's own scheduler, or build {scheduler_name} "
+                f"for a VP (beta_schedule) or flow-matching (use_flow_sigmas) model.")
 
 
 class SolverScheduler(SchedulerMixin, ConfigMixin):
@@ -105,6 +167,9 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
     family_options: ClassVar[dict[str, Any]] = {}
     default_overrides: ClassVar[dict[str, Any]] = {}
     order_range: ClassVar[tuple[int, int]] = (1, 3)
+    # class names (ours and diffusers') whose configs use this family's option vocabulary; from_config keeps
+    # their solver options and resets those of any other class
+    config_family: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -113,6 +178,9 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
             options.update(klass.__dict__.get("default_overrides", {}))
             options.update(klass.__dict__.get("family_options", {}))
         cls.__init__ = _make_init(options)
+        # diffusers' pipeline loader resolves a custom component's base class in the component's own module
+        # (model_index.json records e.g. ["diffusers_ext.schedulers.unipc", "UniPCScheduler"])
+        vars(sys.modules[cls.__module__]).setdefault("SchedulerMixin", SchedulerMixin)
 
     # ----------------------------------------------------------------------------------- family API
     history_size: int = 0
@@ -147,20 +215,36 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """diffusers' from_config, plus: a FlowMatch* scheduler config switches on flow matching."""
-        if config is not None and not isinstance(config, dict):
-            config = dict(config)
-        flow_config = config is not None and (str(config.get("_class_name", "")).startswith("FlowMatch")
-                                              or ("shift" in config and "beta_schedule" not in config))
-        if flow_config:
-            config = dict(config)
+        """diffusers' from_config, reading configs as saved to disk (every key explicit):
+
+        - a config of another solver family (``_class_name`` outside ``config_family``) carries the training
+          schedule, prediction type and grid settings (``COMMON_OPTIONS``); the solver's own options
+          (``solver_type``, ``algorithm_type``, ...) take this class's defaults, so e.g. a DPM-Solver
+          ``solver_type="heun"`` never turns DEIS into Runge-Kutta;
+        - a FlowMatch* config switches on flow matching (``use_flow_sigmas``, ``flow_prediction``, its ``shift``);
+        - a config whose noise schedule is not implemented here (EDM, inverted or continuous-time sigmas) is
+          refused with a ValueError instead of being read as a DDPM schedule.
+        """
+        if config is None:
+            return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        config = dict(config)
+        refuse_unsupported_schedule(config, cls.__name__)
+        source = config.get("_class_name") or infer_config_class(config)
+        if str(source or "").startswith("FlowMatch") or ("shift" in config and "beta_schedule" not in config):
             config.setdefault("use_flow_sigmas", True)
             config.setdefault("prediction_type", "flow_prediction")
             config.setdefault("flow_shift", config.get("shift", 1.0))
-            for key in ("use_flow_sigmas", "prediction_type", "flow_shift"):
-                used = config.get("_use_default_values")
-                if used and key in used:
-                    config["_use_default_values"] = [k for k in used if k != key]
+            used = config.get("_use_default_values")
+            if used:
+                config["_use_default_values"] = [k for k in used if k not in ("use_flow_sigmas", "prediction_type",
+                                                                               "flow_shift")]
+        if source is not None and source != cls.__name__ and source not in cls.config_family:
+            for key in [k for k in config if k not in COMMON_OPTIONS and not k.startswith("_")]:
+                config.pop(key)
+            # the model's training schedule is carried even where the source class used its own default
+            if config.get("_use_default_values"):
+                config["_use_default_values"] = [k for k in config["_use_default_values"]
+                                                 if k not in TRAINING_SCHEDULE_KEYS]
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _setup(self) -> None:
@@ -175,6 +259,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         if not (isinstance(cfg.solver_order, int) and lo <= cfg.solver_order <= hi):
             raise ValueError(f"solver_order must be an integer in [{lo}, {hi}] for {type(self).__name__}, "
                              f"got {cfg.solver_order!r}")
+        self._validate_numbers()
         resolve_spacing(cfg)  # validates the grid name
         self.noise_schedule = self._make_noise_schedule()
         self.validate_family_config()
@@ -187,6 +272,42 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         T = cfg.num_train_timesteps
         self.timesteps = torch.from_numpy(np.arange(T - 1, -1, -1, dtype=np.float32).copy())
         self.sigmas = torch.from_numpy(self.noise_schedule.grid_sigma(self.timesteps.numpy()).astype(np.float32))
+        if isinstance(self.noise_schedule, VPContinuous):  # the discrete case sets them from its betas
+            alpha, _ = self.noise_schedule.alpha_sigma(np.arange(T, dtype=np.float64))
+            self.alphas_cumprod = torch.from_numpy(alpha**2).float()
+            self.alphas = self.alphas_cumprod / torch.cat([torch.ones(1), self.alphas_cumprod[:-1]])
+            self.betas = 1.0 - self.alphas
+
+    def _validate_numbers(self) -> None:
+        """Out-of-range numbers fail here, before any work, with the valid range in the message."""
+        cfg = self.config
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        T = cfg.num_train_timesteps
+        need(isinstance(T, numbers.Integral) and T >= 2, f"num_train_timesteps must be an integer >= 2, got {T!r}")
+        need(isinstance(cfg.steps_offset, numbers.Integral) and 0 <= cfg.steps_offset < T,
+             f"steps_offset must be an integer in [0, num_train_timesteps={T}), got {cfg.steps_offset!r}")
+        need(cfg.flow_shift > 0 and math.isfinite(cfg.flow_shift), f"flow_shift must be > 0, got {cfg.flow_shift}")
+        need(0.0 < cfg.dynamic_thresholding_ratio <= 1.0,
+             f"dynamic_thresholding_ratio must be in (0, 1], got {cfg.dynamic_thresholding_ratio}")
+        need(cfg.sample_max_value >= 1.0, f"sample_max_value must be >= 1, got {cfg.sample_max_value}")
+        need(cfg.snr_shift_scale > 0 and math.isfinite(cfg.snr_shift_scale),
+             f"snr_shift_scale must be > 0, got {cfg.snr_shift_scale}")
+        if cfg.shift_terminal is not None:
+            need(cfg.use_flow_sigmas, "shift_terminal is only defined for flow matching (use_flow_sigmas=True)")
+            need(0.0 < cfg.shift_terminal < 1.0, f"shift_terminal must be in (0, 1), got {cfg.shift_terminal}")
+        for key in ("sigma_min", "sigma_max"):
+            value = cfg[key]
+            need(value is None or (value > 0 and math.isfinite(value)), f"{key} must be None or > 0, got {value}")
+        if cfg.sigma_min is not None and cfg.sigma_max is not None:
+            need(cfg.sigma_min < cfg.sigma_max, f"sigma_min={cfg.sigma_min} must be below sigma_max={cfg.sigma_max}")
+        need(not math.isnan(cfg.lambda_min_clipped), "lambda_min_clipped must be a number (default -inf)")
+        if math.isfinite(cfg.lambda_min_clipped):
+            need(cfg.noise_schedule == "discrete" and not cfg.use_flow_sigmas,
+                 "lambda_min_clipped applies to discrete VP schedules (beta_schedule) only")
 
     def _make_noise_schedule(self) -> NoiseSchedule:
         cfg = self.config
@@ -197,24 +318,36 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError("use_flow_sigmas=True is a schedule of its own; leave noise_schedule='discrete'")
             return FlowMatching(cfg.num_train_timesteps)
         if cfg.noise_schedule != "discrete":
+            if cfg.snr_shift_scale != 1.0 or cfg.rescale_betas_zero_snr:
+                raise ValueError("snr_shift_scale and rescale_betas_zero_snr apply to discrete schedules "
+                                 "(noise_schedule='discrete') only")
             return VPContinuous(cfg.noise_schedule, cfg.num_train_timesteps)
+        T = cfg.num_train_timesteps
         if cfg.trained_betas is not None:
             betas = torch.tensor(np.asarray(cfg.trained_betas), dtype=torch.float32)
         elif cfg.beta_schedule == "linear":
-            betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_train_timesteps, dtype=torch.float32)
+            betas = torch.linspace(cfg.beta_start, cfg.beta_end, T, dtype=torch.float32)
         elif cfg.beta_schedule == "scaled_linear":
-            betas = torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, cfg.num_train_timesteps,
-                                   dtype=torch.float32) ** 2
+            betas = torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, T, dtype=torch.float32) ** 2
         elif cfg.beta_schedule == "squaredcos_cap_v2":
-            betas = betas_for_alpha_bar(cfg.num_train_timesteps)
+            betas = betas_for_alpha_bar(T)
+        elif cfg.beta_schedule == "sigmoid":  # GeoDiff, as diffusers' DDPMScheduler
+            betas = torch.sigmoid(torch.linspace(-6, 6, T)) * (cfg.beta_end - cfg.beta_start) + cfg.beta_start
         else:
             raise ValueError(f"Unknown beta_schedule {cfg.beta_schedule!r}; valid choices: {BETA_SCHEDULES}")
         if cfg.rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # float32, as the model's training schedule
+        if cfg.snr_shift_scale != 1.0:  # CogVideoX: SNR divided by snr_shift_scale
+            alphas_cumprod = alphas_cumprod / (cfg.snr_shift_scale + (1 - cfg.snr_shift_scale) * alphas_cumprod)
+        alphas_cumprod = alphas_cumprod.double()
         if cfg.rescale_betas_zero_snr:
-            alphas_cumprod[-1] = 2**-24  # as diffusers: close to zero so the first sigma stays finite
-        return VPDiscrete(alphas_cumprod.double().numpy())
+            # as diffusers: close to zero so the first sigma stays finite; below the previous value where the
+            # rescaled schedule already reaches 2^-24 (diffusers' table is then not monotone at T - 1)
+            alphas_cumprod[-1] = min(2.0**-24, 0.5 * float(alphas_cumprod[-2]))
+        # diffusers' training-schedule attributes, read by pipelines and training scripts (t = 0..T-1)
+        self.betas, self.alphas, self.alphas_cumprod = betas, 1.0 - betas, alphas_cumprod.float()
+        return VPDiscrete(alphas_cumprod.numpy())
 
     # ----------------------------------------------------------------------------------- timesteps
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
@@ -228,7 +361,8 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
             self.noise_schedule, num_inference_steps, spacing=resolve_spacing(cfg), timesteps=timesteps,
             sigmas=sigmas, final_sigmas_type=cfg.final_sigmas_type, steps_offset=cfg.steps_offset,
             flow_shift=cfg.flow_shift, mu=mu if cfg.use_dynamic_shifting else None,
-            time_shift_type=cfg.time_shift_type)
+            time_shift_type=cfg.time_shift_type, shift_terminal=cfg.shift_terminal, sigma_min=cfg.sigma_min,
+            sigma_max=cfg.sigma_max, last_timestep=self._last_timestep())
         times = self.family_grid(times)
         self._grid = Grid.from_times(self.noise_schedule, times)
         evaluation = times[:-1]
@@ -239,6 +373,14 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self._device = torch.device(device) if device is not None else None
         self._begin_index = None
         self._build_plan(begin=0)
+
+    def _last_timestep(self) -> int | None:
+        """diffusers' ``lambda_min_clipped``: time grids start below the first t whose log-SNR falls under it."""
+        if not math.isfinite(self.config.lambda_min_clipped):
+            return None
+        T = self.config.num_train_timesteps
+        lam = self.noise_schedule.lambda_(np.arange(T, dtype=np.float64))
+        return T - int(np.searchsorted(lam[::-1], self.config.lambda_min_clipped))
 
     def _build_plan(self, begin: int) -> None:
         if not 0 <= begin < self._grid.num_steps:
@@ -305,6 +447,7 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         self._history = torch.zeros((K, *sample.shape), dtype=model_output.dtype, device=device) if K else None
         self._saved = torch.zeros_like(sample) if self.uses_saved_sample else None
         self._step_tensor = torch.full((), self._plan.begin, dtype=torch.int64, device=device)
+        self._steps_left = len(self._plan.table) - self._plan.begin
         self._started = True
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
@@ -324,6 +467,11 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
         first_step = not self._started
         if first_step:
             self._start(timestep, sample, model_output)
+        if not torch.compiler.is_compiling():  # a host counter: checking the device index would sync
+            if self._steps_left == 0:
+                raise ValueError(f"step called after the last of the {self.num_inference_steps} steps set by "
+                                 f"set_timesteps; call set_timesteps again to start a new run")
+            self._steps_left -= 1
         if sample.device.type == "cpu" and not torch.compiler.is_compiling() and not use_triton(sample.device):
             # CPU: the host float64 table is the device's own memory; no tensor lookups needed
             i = int(self._step_tensor)

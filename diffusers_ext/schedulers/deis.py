@@ -8,6 +8,8 @@ With rho = sigma / alpha and v = x / alpha, the probability-flow ODE is dv/drho 
   weights integral of l_j(t(rho)) drho are computed by composite Gauss-Legendre quadrature, split where the
   schedule is only piecewise smooth (DEIS' own code uses a 10,000-point Riemann sum).
 - ``rhoab`` (rhoAB-DEIS): the Lagrange polynomial in rho, integrated exactly.
+- ``logrho`` (diffusers' DEISMultistepScheduler): the Lagrange polynomial in log(rho), integrated exactly
+  (integral of P(u) e^u du = e^u sum_m (-1)^m P^(m)(u), u = log rho).
 - ``ipndm``: Adams-Bashforth in rho with the fixed weights [1], [3/2, -1/2], [23, -16, 5]/12,
   [55, -59, 37, -9]/24 (the DEIS paper's improved PNDM).
 - ``heun``, ``kutta3``, ``rk4`` (rhoRK-DEIS): Runge-Kutta in rho. ``num_inference_steps`` counts model
@@ -29,7 +31,7 @@ from .base import SolverScheduler, warmup_order
 from .plan import Grid
 from .step_rule import DATA, SAVED, Lin, M, StepRule, X
 
-MULTISTEP_TYPES = ("tab", "rhoab", "ipndm")
+MULTISTEP_TYPES = ("tab", "rhoab", "logrho", "ipndm")
 RK_TABLEAUX = {  # c (stage positions in rho), A (stage weights), b (final weights)
     "euler": ([0.0], [[]], [1.0]),
     "heun": ([0.0, 1.0], [[], [1.0]], [0.5, 0.5]),
@@ -63,6 +65,17 @@ def gauss_legendre(f, a: float, b: float, breaks: np.ndarray | None = None, piec
     return total if b >= a else -total
 
 
+def integral_times_exp(p: Polynomial, rho: float) -> float:
+    """The antiderivative e^u sum_m (-1)^m p^(m)(u) of p(u) e^u at u = log(rho) (0 at rho = 0)."""
+    if rho == 0.0:
+        return 0.0
+    u, total, sign = np.log(rho), 0.0, 1.0
+    for _ in range(p.degree() + 1):
+        total += sign * p(u)
+        p, sign = p.deriv(), -sign
+    return rho * total
+
+
 @dataclass
 class RKStage:
     method: str  # a key of RK_TABLEAUX
@@ -74,9 +87,10 @@ class RKStage:
 class DEISScheduler(SolverScheduler):
     """DEIS as a diffusers scheduler (arXiv 2204.13902).
 
-    Options: ``solver_type`` one of tab, rhoab, ipndm (multistep, ``solver_order`` 1-3, ipndm 1-4), heun,
-    kutta3, rk4 (Runge-Kutta in rho); ``lower_order_final``; every grid / schedule option of
-    ``SolverScheduler`` (default grid: quadratic in t). diffusers' ``solver_type="logrho"`` is read as tab.
+    Options: ``solver_type`` one of tab, rhoab, logrho, ipndm (multistep, ``solver_order`` 1-3, ipndm 1-4),
+    heun, kutta3, rk4 (Runge-Kutta in rho); ``lower_order_final``; every grid / schedule option of
+    ``SolverScheduler`` (default grid: quadratic in t). ``logrho`` is diffusers' DEISMultistepScheduler; a
+    config of that class (or any other) read by ``from_config`` takes our default, tab.
     """
 
     family_options = {"solver_type": "tab"}
@@ -86,11 +100,9 @@ class DEISScheduler(SolverScheduler):
 
     def validate_family_config(self) -> None:
         cfg = self.config
-        if cfg.solver_type == "logrho":  # a DEISMultistepScheduler config carried across by from_config
-            self.register_to_config(solver_type="tab")
         if cfg.solver_type not in SOLVER_TYPES:
             raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {', '.join(SOLVER_TYPES)}")
-        if cfg.solver_type in ("tab", "rhoab") and cfg.solver_order > 3:
+        if cfg.solver_type in ("tab", "rhoab", "logrho") and cfg.solver_order > 3:
             raise ValueError(f"solver_order must be in [1, 3] for solver_type={cfg.solver_type!r} "
                              f"(ipndm allows 4), got {cfg.solver_order}")
         self._rk_stages: list[RKStage] = []
@@ -159,6 +171,10 @@ class DEISScheduler(SolverScheduler):
         elif cfg.solver_type == "rhoab":
             basis = lagrange_basis(rho[points])
             weights = [(p.integ()(rho[i + 1]) - p.integ()(rho[i])) for p in basis]
+            increment = sum((w * M(j) for j, w in enumerate(weights)), Lin())
+        elif cfg.solver_type == "logrho":
+            basis = lagrange_basis(np.log(rho[points]))
+            weights = [integral_times_exp(p, rho[i + 1]) - integral_times_exp(p, rho[i]) for p in basis]
             increment = sum((w * M(j) for j, w in enumerate(weights)), Lin())
         else:
             weights = self._tab_weights(grid.t[points], rho[i], rho[i + 1])

@@ -64,6 +64,8 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
     doubles D2 and restores order 3. Off by default so 3M matches diffusers.
     """
 
+    config_family = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+                     "DPMSolverMultistepInverseScheduler")
     family_options = {
         "algorithm_type": "dpmsolver++",
         "solver_type": "midpoint",
@@ -82,6 +84,10 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
                              "singlestep=False")
         if cfg.singlestep and cfg.solver_order > 1 and self.mixes:
             raise ValueError("DualFast (dualfast_strength > 0) needs multistep DPM-Solver++; set singlestep=False")
+        if cfg.algorithm_type in ("dpmsolver", "sde-dpmsolver"):
+            raise ValueError(f"algorithm_type={cfg.algorithm_type!r} (DPM-Solver on the noise prediction) is not "
+                             f"implemented; valid choices: {ALGORITHM_TYPES}. UniPCScheduler(predict_x0=False, "
+                             f"use_corrector=False) is the noise-prediction multistep solver of this package.")
         if cfg.algorithm_type not in ALGORITHM_TYPES:
             raise ValueError(f"Unknown algorithm_type {cfg.algorithm_type!r}; valid choices: {ALGORITHM_TYPES}")
         if cfg.solver_type not in SOLVER_TYPES:

@@ -15,6 +15,7 @@ one terminal time (sigma = 0 by default). Names follow diffusers where the conce
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -44,6 +45,8 @@ def shift_flow_sigmas(sigmas, shift: float = 1.0, mu: float | None = None, time_
     s = np.asarray(sigmas, dtype=np.float64)
     if mu is None:
         return shift * s / (1.0 + (shift - 1.0) * s)
+    if not (isinstance(mu, numbers.Real) and -50.0 <= mu <= 50.0):
+        raise ValueError(f"mu must be a number in [-50, 50] (Flux-style pipelines use about 0.5-1.2), got {mu!r}")
     with np.errstate(divide="ignore"):
         odds = 1.0 / s - 1.0
     if time_shift_type == "exponential":
@@ -53,8 +56,17 @@ def shift_flow_sigmas(sigmas, shift: float = 1.0, mu: float | None = None, time_
     raise ValueError(f"Unknown time_shift_type {time_shift_type!r}; valid choices: 'exponential', 'linear'")
 
 
-def _discrete_time_grid(num_steps: int, spacing: int, num_train: int, steps_offset: int) -> np.ndarray:
-    """diffusers' integer grids (DPMSolverMultistep / UniPC rules)."""
+def stretch_to_terminal(sigmas, shift_terminal: float) -> np.ndarray:
+    """Stretch shifted flow sigmas so the last one equals ``shift_terminal`` (diffusers' flow ``shift_terminal``,
+    Wan / LTX-Video): 1 - sigma is scaled by (1 - sigma_last) / (1 - shift_terminal)."""
+    s = np.asarray(sigmas, dtype=np.float64)
+    scale = (1.0 - s[-1]) / (1.0 - shift_terminal)
+    return 1.0 - (1.0 - s) / scale
+
+
+def _discrete_time_grid(num_steps: int, spacing: str, num_train: int, steps_offset: int) -> np.ndarray:
+    """diffusers' integer grids (DPMSolverMultistep / UniPC rules); ``num_train`` is diffusers' last timestep
+    (num_train_timesteps, lowered by ``lambda_min_clipped``)."""
     if spacing == "linspace":
         raw = np.linspace(0, num_train - 1, num_steps + 1)[::-1][:-1]
         rounded = raw.round()
@@ -85,8 +97,13 @@ def _sigma_grid(kind: str, s_max: float, s_min: float, n: int) -> np.ndarray:
 
 def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, *, spacing: str = "linspace",
                timesteps=None, sigmas=None, final_sigmas_type: str = "zero", steps_offset: int = 0,
-               flow_shift: float = 1.0, mu: float | None = None, time_shift_type: str = "exponential") -> np.ndarray:
-    """Model times of the evaluation points plus the terminal time, shape (N + 1,), float64."""
+               flow_shift: float = 1.0, mu: float | None = None, time_shift_type: str = "exponential",
+               shift_terminal: float | None = None, sigma_min: float | None = None, sigma_max: float | None = None,
+               last_timestep: int | None = None) -> np.ndarray:
+    """Model times of the evaluation points plus the terminal time, shape (N + 1,), float64.
+
+    ``sigma_min`` / ``sigma_max`` bound the sigma-based grids (diffusers' names); ``last_timestep`` bounds
+    the time-based grids of discrete schedules (diffusers' ``lambda_min_clipped``)."""
     if final_sigmas_type not in FINAL_SIGMA_TYPES:
         raise ValueError(f"Unknown final_sigmas_type {final_sigmas_type!r}; valid choices: {FINAL_SIGMA_TYPES}")
     given = [name for name, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
@@ -106,6 +123,10 @@ def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, 
         if len(custom) < 1 or not np.all(np.isfinite(custom)) or not np.all(np.diff(custom) < 0):
             raise ValueError(f"{name}= must be finite and strictly decreasing (one entry per model call), "
                              f"got {custom.tolist()[:8]}")
+        if sigmas is not None:
+            top = float(schedule.grid_sigma(np.array([schedule.t_max]))[0])
+            if custom[0] > top * (1 + 1e-6):
+                raise ValueError(f"sigmas= starts at {custom[0]:g}, above the schedule's largest sigma {top:g}")
         if timesteps is not None:
             times = custom
         elif flow:
@@ -118,39 +139,58 @@ def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, 
         if times[0] > hi + 1e-9 or times[-1] < lo - 1e-9:
             raise ValueError(f"{name}= reaches outside the schedule's model-time range [{lo:g}, {hi:g}]")
     else:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral):
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         n = int(num_inference_steps)
         if n < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if isinstance(schedule, VPDiscrete) and n > schedule.num_train_timesteps:
             raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={schedule.num_train_timesteps}")
-        times = _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type)
+        times = _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type,
+                           shift_terminal, sigma_min, sigma_max, last_timestep)
+    if not (np.all(np.isfinite(times)) and np.all(np.diff(times) < 0)):
+        raise ValueError(f"the grid is not finite and strictly decreasing (check flow_shift, mu, sigma_min / "
+                         f"sigma_max): model times {np.round(times, 4).tolist()[:8]}")
     terminal = schedule.t_clean if final_sigmas_type == "zero" else schedule.t_min
     if terminal >= times[-1] - 1e-9 * max(1.0, abs(times[-1])):  # the grid already ends at sigma_min
         terminal = schedule.t_clean
     return np.concatenate([times, [terminal]])
 
 
-def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type) -> np.ndarray:
+def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type, shift_terminal=None,
+               sigma_min=None, sigma_max=None, last_timestep=None) -> np.ndarray:
     def shifted(sigma):
-        return shift_flow_sigmas(sigma, flow_shift, mu, time_shift_type) if flow else sigma
+        if not flow:
+            return sigma
+        sigma = shift_flow_sigmas(sigma, flow_shift, mu, time_shift_type)
+        return stretch_to_terminal(sigma, shift_terminal) if shift_terminal is not None else sigma
 
     if spacing in ("leading", "trailing") and not isinstance(schedule, VPDiscrete):
         raise ValueError(f"timestep_spacing={spacing!r} is defined for discrete VP schedules only; "
                          f"valid here: linspace, quadratic, {', '.join(SIGMA_SPACINGS)}")
-    if spacing in ("linspace", "leading", "trailing") and isinstance(schedule, VPDiscrete):
-        return _discrete_time_grid(n, spacing, schedule.num_train_timesteps, steps_offset)
+    discrete = isinstance(schedule, VPDiscrete)
+    last = (last_timestep or schedule.num_train_timesteps) if discrete else None
+    if spacing in ("linspace", "leading", "trailing") and discrete:
+        return _discrete_time_grid(n, spacing, last, steps_offset)
     if spacing in ("linspace", "quadratic"):
         t_lo = schedule.t_clean if flow else schedule.t_min
+        t_hi = float(last - 1) if discrete else schedule.t_max
         if spacing == "linspace":
-            t = np.linspace(schedule.t_max, t_lo, n + 1)[:-1]
+            t = np.linspace(t_hi, t_lo, n + 1)[:-1]
         else:
-            t = np.linspace(math.sqrt(schedule.t_max - t_lo), 0.0, n + 1)[:-1] ** 2 + t_lo
+            t = np.linspace(math.sqrt(t_hi - t_lo), 0.0, n + 1)[:-1] ** 2 + t_lo
         return schedule.t_of_grid_sigma(shifted(schedule.grid_sigma(t))) if flow else t
     # sigma-based grids: n points from the noisiest to the least noisy grid sigma, both included
     t_hi = schedule.t_max
     if flow:  # alpha = 0 at sigma = 1: start one training step below, as diffusers' flow grids do
         t_hi = schedule.t_max - 1.0
-    s_hi, s_lo = shifted(schedule.grid_sigma(t_hi)), shifted(schedule.grid_sigma(schedule.t_min))
+    s_hi, s_lo = shifted(schedule.grid_sigma(np.array([t_hi, schedule.t_min])))
+    s_hi = s_hi if sigma_max is None else sigma_max
+    s_lo = s_lo if sigma_min is None else sigma_min
+    top = schedule.grid_sigma(np.array([schedule.t_max]))[0]
+    if not (s_lo < s_hi <= top):
+        raise ValueError(f"sigma_min={s_lo:g} / sigma_max={s_hi:g} must satisfy sigma_min < sigma_max <= {top:g} "
+                         f"(the schedule's largest sigma)")
     if spacing == "logsnr":
         lam_hi, lam_lo = schedule.lambda_(schedule.t_of_grid_sigma(np.array([s_hi, s_lo])))
         return schedule.t_of_lambda(np.linspace(lam_hi, lam_lo, n))

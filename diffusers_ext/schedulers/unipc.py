@@ -65,11 +65,13 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     the noise-prediction, DPM-Solver-like form).
     """
 
+    config_family = ("UniPCMultistepScheduler", "UniPCScheduler", "DCSolverScheduler")
     family_options = {
         "solver_type": "bh2",
         "predict_x0": True,
         "use_corrector": True,
         "disable_corrector": [],
+        "solver_p": None,  # diffusers' "another scheduler as predictor": refused, see validate_family_config
     }
     uses_saved_sample = True  # the corrected sample x_i^c, the base of the next corrector
 
@@ -79,6 +81,10 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
         self.validate_dualfast()
         if cfg.solver_type not in SOLVER_TYPES:
             raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {SOLVER_TYPES}")
+        if cfg.solver_p is not None:
+            raise ValueError("solver_p (another scheduler as UniPC's predictor) is not supported: leave it None. "
+                             "For a DPM-Solver++ predictor with a UniC-style corrector, use USFScheduler with a "
+                             "schedule whose steps set corrector='pseudo'.")
         if not all(isinstance(i, int) for i in cfg.disable_corrector):
             raise ValueError("disable_corrector must be a list of step indices (ints)")
 
