@@ -72,7 +72,9 @@ class MDLMAncestralScheduler(MaskedScheduler):
         masked = self.check_sample(sample, mask_token_id)
         self.check_logits(model_output, sample, mask_token_id)
         i = self._step_index
-        log_probs = self.log_probs(model_output[masked], mask_token_id, temperature, top_k, top_p)  # (n, V)
+        logits = model_output[masked]  # (n, V)
+        self.check_finite_logits(logits, mask_token_id)
+        log_probs = self.log_probs(logits, mask_token_id, temperature, top_k, top_p)
         vocab = log_probs.shape[-1]
         stay = float(self._log_stay[i])
         joint = torch.cat([log_probs + float(self._log_unmask[i]), log_probs.new_full((len(log_probs), 1), stay)], -1)

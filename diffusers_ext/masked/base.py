@@ -38,9 +38,17 @@ class MaskedSchedulerOutput(BaseOutput):
 
 
 class MaskedScheduler(SchedulerMixin, ConfigMixin):
-    """Base of the absorbing-state samplers. Subclasses call ``_setup`` from their ``__init__``."""
+    """Base of the absorbing-state samplers. Subclasses call ``_setup`` from their ``__init__``.
+
+    ``compatibles`` lists the masked schedulers of this package and the diffusers classes named in
+    ``_compatibles``: ``from_config`` between them carries the shared settings and keeps the others hidden in
+    the config (so they survive a round trip)."""
 
     order = 1
+
+    @classmethod
+    def _get_compatibles(cls):
+        return list(dict.fromkeys([cls, *MaskedScheduler.__subclasses__(), *super()._get_compatibles()]))
 
     def _setup(self, mask_schedule: str | Callable, schedule_exponent: float, temperature: float,
                top_k: int | None, top_p: float | None, sampling_dtype: str):
@@ -68,6 +76,8 @@ class MaskedScheduler(SchedulerMixin, ConfigMixin):
         if not isinstance(sample, torch.Tensor) or sample.ndim != 2 or sample.dtype not in (torch.long, torch.int):
             raise ValueError(f"sample must be an integer tensor (batch, length), got "
                              f"{getattr(sample, 'dtype', type(sample))} {tuple(getattr(sample, 'shape', ()))}")
+        if sample.numel() == 0:
+            raise ValueError(f"sample is empty (shape {tuple(sample.shape)}): need at least one sequence and position")
         return sample == mask_token_id
 
     @staticmethod
@@ -83,6 +93,22 @@ class MaskedScheduler(SchedulerMixin, ConfigMixin):
                              f"mask id {mask_token_id}")
         if mask_token_id < vocab and vocab == 1:
             raise ValueError("the model output's only class is the mask token: nothing to sample")
+
+    @staticmethod
+    def check_finite_logits(logits: torch.Tensor, mask_token_id: int) -> None:
+        """``logits`` (n, V) at the positions about to be sampled: no NaN or +inf, and at each position some
+        token other than the mask with a finite logit (-inf elsewhere is fine: it excludes a token)."""
+        bad = (torch.isnan(logits) | torch.isposinf(logits)).any(-1)
+        if bad.any():
+            raise ValueError(f"the model output has NaN or +inf logits at {int(bad.sum())} of the {len(logits)} "
+                             "positions to sample (fp16 overflow? check the denoiser)")
+        usable = torch.isfinite(logits)
+        if mask_token_id < logits.shape[-1]:
+            usable[:, mask_token_id] = False
+        dead = ~usable.any(-1)
+        if dead.any():
+            raise ValueError(f"at {int(dead.sum())} of the {len(logits)} positions to sample every logit is -inf "
+                             f"(the mask token {mask_token_id} never counts): no token can be drawn there")
 
     # ------------------------------------------------------------------------------------ sampling
     def log_probs(self, logits: torch.Tensor, mask_token_id: int, temperature=None, top_k=None, top_p=None):

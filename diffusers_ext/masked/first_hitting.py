@@ -46,6 +46,8 @@ class FirstHittingScheduler(MaskedScheduler):
         block_length: the block size used under ``LLaDA2Pipeline`` when it passes none.
     """
 
+    _compatibles = ["BlockRefinementScheduler"]
+
     @register_to_config
     def __init__(self, mask_schedule: str | Callable = "linear", schedule_exponent: float = 2.0,
                  tokens_per_step: int = 1, temperature: float = 1.0, top_k: int | None = None,
@@ -151,6 +153,7 @@ class FirstHittingScheduler(MaskedScheduler):
         targets = positions[rows, cols]
         if not masked[rows, targets].all():
             raise ValueError("positions to unmask must hold the mask token")
+        self.check_finite_logits(model_output[valid], mask_token_id)
         if sampling_method == "greedy":
             temperature = 0.0
         log_probs = self.log_probs(model_output, mask_token_id, temperature, top_k, top_p)
@@ -172,5 +175,10 @@ class FirstHittingScheduler(MaskedScheduler):
 
     def check_block_should_continue(self, step_idx, masks_remaining, editing_enabled, editing_transfer_index,
                                     post_steps, max_post_steps, finished) -> bool:
-        """Continue while the block has masks (never an editing pass: this sampler does not edit)."""
-        return bool(not finished.all() and not self._block_done)
+        """``BlockRefinementScheduler``'s rule without editing (this sampler never edits, so ``editing_*`` and
+        ``post_steps`` do not matter): stop when every sequence is finished, when the block had no masks
+        before the step, or at ``num_inference_steps`` steps; also stop as soon as the last step filled the
+        block (``masks_remaining`` is read before the step, so the rule alone would cost one more call)."""
+        if finished.all() or not masks_remaining or self._block_done:
+            return False
+        return self.num_inference_steps is None or step_idx < self.num_inference_steps

@@ -17,6 +17,7 @@ sequence at every call, so it never hits the cache).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,16 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 OUTPUT_TYPES = ("pt", "np", "text")
+
+
+def _integer(value) -> int | None:
+    """``value`` as a Python int if it is an integer (int, numpy or 0-d torch integer; not bool), else None."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 @dataclass
@@ -45,24 +56,62 @@ class MaskedDiffusionPipeline(DiffusionPipeline):
         self.register_modules(denoiser=denoiser, scheduler=scheduler, tokenizer=tokenizer)
 
     def _mask_token_id(self, mask_token_id):
-        for source in (mask_token_id, getattr(self.tokenizer, "mask_token_id", None),
-                       getattr(self.denoiser, "mask_token_id", None), getattr(self.denoiser, "mask_id", None)):
-            if source is not None:
-                return int(source)
-        raise ValueError("no mask token id: pass mask_token_id=, or use a tokenizer or denoiser that defines one")
+        """The one mask id that the argument, the tokenizer and the denoiser declare (those that do)."""
+        sources = {"mask_token_id argument": mask_token_id,
+                   "tokenizer.mask_token_id": getattr(self.tokenizer, "mask_token_id", None),
+                   "denoiser.mask_token_id": getattr(self.denoiser, "mask_token_id", None),
+                   "denoiser.mask_id": getattr(self.denoiser, "mask_id", None)}
+        declared = {name: value for name, value in sources.items() if value is not None}
+        if not declared:
+            raise ValueError("no mask token id: pass mask_token_id=, or use a tokenizer or denoiser that defines one")
+        ids = {name: _integer(value) for name, value in declared.items()}
+        if any(i is None or i < 0 for i in ids.values()):
+            raise ValueError(f"the mask token id must be a non-negative integer, got {declared}")
+        if len(set(ids.values())) > 1:
+            raise ValueError(f"conflicting mask token ids: {ids}; the denoiser only fills positions that hold "
+                             "its own mask id: pass that one (or none)")
+        return next(iter(ids.values()))
+
+    def _vocab_size(self) -> int | None:
+        size = getattr(self.denoiser, "vocab_size", None)
+        size = getattr(getattr(self.denoiser, "config", None), "vocab_size", None) if size is None else size
+        return _integer(size)
+
+    def _token_ids(self, ids, name: str, mask_token_id: int, device) -> torch.Tensor:
+        """``ids`` as a (rows, length) long tensor of valid ids: in the denoiser's vocabulary or the mask id."""
+        ids = torch.as_tensor(ids)
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer token ids, got {ids.dtype}")
+        ids = ids[None] if ids.ndim == 1 else ids
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"{name} must be token ids (length,) or (batch, length), got shape {tuple(ids.shape)}")
+        vocab = self._vocab_size()
+        bad = (ids < 0) if vocab is None else (ids < 0) | ((ids >= vocab) & (ids != mask_token_id))
+        if bad.any():
+            valid = "ids >= 0" if vocab is None else f"ids 0..{vocab - 1}"
+            raise ValueError(f"{name} holds token id {int(ids[bad][0])} outside the vocabulary: valid are {valid} "
+                             f"or the mask id {mask_token_id}")
+        return ids.to(device=device, dtype=torch.long)
 
     def _template(self, tokens, batch_size, sequence_length, prompt_ids, mask_token_id, device):
+        if batch_size is not None and (_integer(batch_size) or 0) < 1:
+            raise ValueError(f"batch_size must be a positive integer (or None), got {batch_size!r}")
         if tokens is not None:
             if sequence_length is not None or prompt_ids is not None:
                 raise ValueError("pass either tokens= (a template with mask ids) or sequence_length= / prompt_ids=")
-            tokens = torch.as_tensor(tokens)
-            return (tokens[None] if tokens.ndim == 1 else tokens).to(device=device, dtype=torch.long).clone()
-        if sequence_length is None or sequence_length < 1:
+            tokens = self._token_ids(tokens, "tokens", mask_token_id, device)
+            if batch_size is not None and len(tokens) != batch_size:
+                if len(tokens) != 1:
+                    raise ValueError(f"tokens has {len(tokens)} rows but batch_size={batch_size}: pass one row "
+                                     f"(repeated batch_size times) or {batch_size} rows, or leave batch_size unset")
+                tokens = tokens.expand(batch_size, -1)
+            return tokens.clone()
+        batch_size = 1 if batch_size is None else _integer(batch_size)
+        if (_integer(sequence_length) or 0) < 1:
             raise ValueError(f"sequence_length must be a positive integer (or pass tokens=), got {sequence_length!r}")
         x = torch.full((batch_size, sequence_length), mask_token_id, dtype=torch.long, device=device)
         if prompt_ids is not None:
-            prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
-            prompt = prompt[None] if prompt.ndim == 1 else prompt
+            prompt = self._token_ids(prompt_ids, "prompt_ids", mask_token_id, device)
             if prompt.shape[1] >= sequence_length or len(prompt) not in (1, batch_size):
                 raise ValueError(f"prompt_ids {tuple(prompt.shape)} must be shorter than sequence_length "
                                  f"{sequence_length} with batch 1 or {batch_size}")
@@ -76,12 +125,14 @@ class MaskedDiffusionPipeline(DiffusionPipeline):
         return getattr(out, "logits", out)
 
     @torch.no_grad()
-    def __call__(self, tokens=None, batch_size: int = 1, sequence_length: int | None = None, prompt_ids=None,
+    def __call__(self, tokens=None, batch_size: int | None = None, sequence_length: int | None = None, prompt_ids=None,
                  num_inference_steps: int | None = None, mask_token_id: int | None = None,
                  time_conditioned: bool | None = None, use_cache: bool = True,
                  generator: torch.Generator | None = None, output_type: str = "pt", return_dict: bool = True):
-        """Fill every mask of ``tokens`` (B, L), or of ``batch_size`` sequences of ``sequence_length`` that
-        start with ``prompt_ids``. ``num_inference_steps``: the scheduler's step count (MDLM: N steps;
+        """Fill every mask of ``tokens`` (B, L; one row is repeated ``batch_size`` times), or of ``batch_size``
+        (default 1) sequences of ``sequence_length`` that start with ``prompt_ids``. The mask id given here, by
+        the tokenizer and by the denoiser must agree; ids outside the denoiser's ``vocab_size`` (if it declares
+        one) are refused before any call. ``num_inference_steps``: the scheduler's step count (MDLM: N steps;
         First-Hitting: None = one call per ``tokens_per_step`` tokens)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
