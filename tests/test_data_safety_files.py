@@ -178,7 +178,7 @@ CORRUPTIONS = {
     "layer entry without shape": (lambda t, m: m["5"].pop("shape"), "shape"),
     "layer absent from the model": (lambda t, m: _set(m, "9", dict(m["5"])), "'9'"),
     "missing bias": (lambda t, m: t.pop("5.bias"), "5.bias"),
-    "float tensor of another shape": (lambda t, m: _set(t, "7.weight", t["7.weight"][:, :-1]), "7.weight"),
+    "float tensor of another shape": (lambda t, m: _set(t, "7.weight", t["7.weight"][:, :-1].contiguous()), "7.weight"),
 }
 
 
@@ -201,3 +201,13 @@ def test_valid_quantized_file_still_loads_exactly(tmp_path, w8a8_file):
     reference = load_quantized(_model(seed=1), w8a8_file)
     assert torch.equal(load_quantized(_model(seed=2), same)(x), reference(x))
     assert sum(isinstance(m, QuantizedLayer) for m in reference.modules()) == 3
+
+
+def test_integer_codes_beyond_the_grid_are_refused(tmp_path):
+    model = quantize(_model(), "int4", activations=None, progress=False)
+    path = save_quantized(model, tmp_path / "w4.safetensors")
+    bad = _rewrite(path, tmp_path / "bad.safetensors", lambda t, m: t["2.weight_packed"].__setitem__(0, 0xFF))
+    fresh = _model(seed=5)
+    with pytest.raises(ValueError, match="beyond the int4 grid"):  # code 15 would decode to 8 > 7
+        load_quantized(fresh, bad)
+    assert not any(isinstance(m, QuantizedLayer) for m in fresh.modules())

@@ -3,8 +3,8 @@
 A quantized layer is stored as ``<name>.weight_packed`` (its codes, ``bits`` per weight: two FP4 codes per
 byte), ``<name>.weight_scale`` (per output channel), ``<name>.input_scale`` (if its inputs are quantized);
 everything else of the model (biases, norms, embeddings) as float tensors. The metadata records each
-layer's formats and weight shape. Loading needs the float model's architecture (a freshly built model,
-e.g. ``make_unet()``); its weights are replaced.
+layer's formats, bit width and weight shape. Loading needs the float model's architecture (a freshly built
+model, e.g. ``make_unet()``); its weights are replaced, after the whole file has been checked against it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .formats import get_format
-from .layers import QuantizedLayer
+from .layers import QUANTIZABLE, QuantizedLayer
 from .packing import pack_codes, unpack_codes
 from .quantize import _set_submodule
 
@@ -38,8 +38,8 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
         tensors[f"{name}.weight_scale"] = layer.weight_scale.contiguous()
         if layer.input_scale is not None:
             tensors[f"{name}.input_scale"] = layer.input_scale.reshape(1)
-        layers[name] = {"weights": fmt.name, "activations": getattr(layer.activation_format, "name", None),
-                        "shape": list(layer.weight_shape)}
+        layers[name] = {"weights": fmt.name, "bits": fmt.bits, "shape": list(layer.weight_shape),
+                        "activations": getattr(layer.activation_format, "name", None)}
     for key, value in model.state_dict().items():
         owner = key.rpartition(".")[0]
         if owner not in quantized:
@@ -53,32 +53,112 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
-    """Quantize ``model`` (a float model of the same architecture) in place from a ``save_quantized`` file."""
+def _read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The quantization metadata (version checked) and the tensors of a ``save_quantized`` file."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = (f.metadata() or {}).get("diffusers_ext_quantized")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get("diffusers_ext_quantized")
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors' own error type for unreadable files
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
     if meta is None:
         raise ValueError(f"{path} is not a diffusers_ext quantized model (no quantization metadata)")
-    meta = json.loads(meta)
-    if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"unsupported quantized file version {meta.get('version')!r} (expected {FORMAT_VERSION})")
-    tensors = load_file(str(path))
-    for name, info in meta["layers"].items():
+    try:
+        meta = json.loads(meta)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the quantization metadata is not JSON ({error})") from error
+    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise ValueError(f"unsupported quantized file version {version!r} (expected {FORMAT_VERSION})")
+    if not isinstance(meta.get("layers"), dict):
+        raise ValueError(f"{path}: the quantization metadata has no 'layers' mapping")
+    return meta, tensors
+
+
+def _positive_finite(value: torch.Tensor | None, what: str, count: int) -> torch.Tensor:
+    """``value`` as float32 (count,), checked: present, floating, ``count`` entries, finite and > 0."""
+    if value is None or not value.is_floating_point() or value.numel() != count:
+        got = "nothing" if value is None else f"{value.dtype} {tuple(value.shape)}"
+        raise ValueError(f"{what} must hold {count} floating-point value(s), got {got}")
+    value = value.float().reshape(count)
+    if not (torch.isfinite(value) & (value > 0)).all():
+        raise ValueError(f"{what} must be finite and positive, got {value[~(torch.isfinite(value) & (value > 0))][:3]}")
+    return value
+
+
+def _checked_layer(model: nn.Module, name: str, info, tensors: dict[str, torch.Tensor]) -> QuantizedLayer:
+    """Layer ``name``'s QuantizedLayer built from the file after checking its metadata (format, bit width,
+    activations, shape) against the model and its tensors (codes on the grid, scales, bias); the model is not
+    changed. Consumes the layer's tensors from ``tensors``."""
+    try:
         layer = model.get_submodule(name)
-        if tuple(layer.weight.shape) != tuple(info["shape"]):
-            raise ValueError(f"layer {name}: the file holds weights {info['shape']}, the model "
-                             f"{list(layer.weight.shape)}: not the same architecture")
-        fmt = get_format(info["weights"])
-        codes = unpack_codes(tensors.pop(f"{name}.weight_packed"), fmt.bits, math.prod(info["shape"]))
-        grid = fmt.decode(codes.reshape(info["shape"]))
-        if layer.bias is not None:
-            layer.bias.data = tensors.pop(f"{name}.bias")
-        _set_submodule(model, name, QuantizedLayer(layer, fmt.name, tensors.pop(f"{name}.weight_scale"), grid,
-                                                   info["activations"], tensors.pop(f"{name}.input_scale", None)))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if k.rpartition(".")[0] not in meta["layers"]]
+    except AttributeError:
+        raise ValueError(f"the file quantizes layer {name!r}, which the model does not have") from None
+    if not isinstance(layer, QUANTIZABLE):
+        raise ValueError(f"layer {name!r} is a {type(layer).__name__}; quantized layers load into "
+                         f"{[c.__name__ for c in QUANTIZABLE]}")
+    if not isinstance(info, dict) or not isinstance(info.get("weights"), str) or not isinstance(info.get("shape"),
+                                                                                                list):
+        raise ValueError(f"layer {name!r}: metadata needs 'weights' (a format name) and 'shape', got {info!r}")
+    shape = tuple(info["shape"])
+    if shape != tuple(layer.weight.shape):
+        raise ValueError(f"layer {name}: the file holds weights of shape {list(shape)}, the model "
+                         f"{list(layer.weight.shape)}: not the same architecture")
+    fmt = get_format(info["weights"])
+    if info.get("bits", fmt.bits) != fmt.bits:
+        raise ValueError(f"layer {name}: metadata says {info['bits']} bits, but {fmt.name} has {fmt.bits} bits")
+    activations = info.get("activations")
+    if activations is not None and not isinstance(activations, str):
+        raise ValueError(f"layer {name}: activations must be a format name or null, got {activations!r}")
+    if activations is not None:
+        get_format(activations)
+
+    count = math.prod(shape)
+    packed = tensors.pop(f"{name}.weight_packed", None)
+    expected = math.ceil(count * fmt.bits / 8)
+    if packed is None or packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != expected:
+        got = "nothing" if packed is None else f"{packed.dtype} {tuple(packed.shape)}"
+        raise ValueError(f"{name}.weight_packed must be {expected} uint8 bytes ({count} {fmt.bits}-bit codes), "
+                         f"got {got}")
+    grid = fmt.decode(unpack_codes(packed, fmt.bits, count).reshape(shape))
+    if not torch.isfinite(grid).all():
+        raise ValueError(f"{name}.weight_packed: {int((~torch.isfinite(grid)).sum())} codes are not finite "
+                         f"{fmt.name} values (NaN/inf)")
+    if not torch.equal(fmt.round(grid), grid):
+        raise ValueError(f"{name}.weight_packed: codes beyond the {fmt.name} grid (|value| <= {fmt.max_value})")
+    scale = _positive_finite(tensors.pop(f"{name}.weight_scale", None), f"{name}.weight_scale", shape[0])
+    input_scale = tensors.pop(f"{name}.input_scale", None)
+    if activations is None and input_scale is not None:
+        raise ValueError(f"{name}.input_scale is stored but the layer's activations are not quantized")
+    if activations is not None:
+        input_scale = _positive_finite(input_scale, f"{name}.input_scale (activations {activations})", 1)
+    bias = tensors.pop(f"{name}.bias", None)
+    if (bias is None) != (layer.bias is None) or (bias is not None and bias.shape != layer.bias.shape):
+        raise ValueError(f"{name}.bias: the model has {None if layer.bias is None else tuple(layer.bias.shape)}, "
+                         f"the file {None if bias is None else tuple(bias.shape)}")
+    quantized = QuantizedLayer(layer, fmt.name, scale, grid, activations, input_scale)
+    if bias is not None:
+        quantized.bias = nn.Parameter(bias.detach().float(), requires_grad=False)
+    return quantized
+
+
+def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
+    """Quantize ``model`` (a float model of the same architecture) in place from a ``save_quantized`` file.
+
+    Everything is checked first (metadata against the model and the tensors, codes, scales, the float tensors'
+    names and shapes); on any mismatch a ValueError leaves ``model`` untouched."""
+    meta, tensors = _read(path)
+    layers = {name: _checked_layer(model, name, info, tensors) for name, info in meta["layers"].items()}
+    expected = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in layers}
+    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model {tuple(expected[key].shape)}")
+    model.load_state_dict(tensors, strict=False)
+    for name, layer in layers.items():
+        _set_submodule(model, name, layer)
     return model
