@@ -130,7 +130,10 @@ def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, 
         if timesteps is not None:
             times = custom
         elif flow:
-            times = schedule.t_of_grid_sigma(shift_flow_sigmas(custom, flow_shift, mu, time_shift_type))
+            shifted = shift_flow_sigmas(custom, flow_shift, mu, time_shift_type)
+            if shift_terminal is not None:
+                shifted = stretch_to_terminal(shifted, shift_terminal)
+            times = schedule.t_of_grid_sigma(shifted)
         else:
             if custom[-1] <= 0:
                 raise ValueError("sigmas= must be positive; the terminal sigma is appended per final_sigmas_type")
