@@ -167,6 +167,25 @@ def test_saved_pipeline_reloads(tmp_path, ours):
     np.testing.assert_array_equal(a.images, b.images)
 
 
+@pytest.mark.parametrize("name", ["DPMSolverPPScheduler", "UniPCScheduler", "DEISScheduler", "DCSolverScheduler",
+                                  "USFScheduler", "FirstHittingScheduler", "MDLMAncestralScheduler"])
+def test_diffusers_loader_finds_the_load_method_of_every_scheduler(name):
+    """What DiffusionPipeline.from_pretrained does with a model_index.json entry [module, class]."""
+    import diffusers_ext
+    from diffusers.pipelines.pipeline_loading_utils import (
+        ALL_IMPORTABLE_CLASSES,
+        _fetch_class_library_tuple,
+        get_class_obj_and_candidates,
+    )
+
+    cls = getattr(diffusers_ext, name)
+    library, class_name = _fetch_class_library_tuple(cls)
+    class_obj, candidates = get_class_obj_and_candidates(library, class_name, ALL_IMPORTABLE_CLASSES, None, False)
+    methods = [ALL_IMPORTABLE_CLASSES[c][1] for c, base in candidates.items()
+               if base is not None and issubclass(class_obj, base)]
+    assert class_obj is cls and methods == ["from_pretrained"]
+
+
 # ----------------------------------------------------------------------------------- item 3: keywords
 @pytest.mark.parametrize("cls", [DPMSolverPPScheduler, UniPCScheduler, DEISScheduler, DCSolverScheduler])
 def test_unknown_keyword_is_a_type_error(cls):

@@ -18,6 +18,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from ..pipeline_loading import PipelineLoadable
 from .categorical import check_sampling_options, filter_logits, resolve_sampling_dtype
 from .mask_schedules import get_mask_schedule
 
@@ -37,7 +38,7 @@ class MaskedSchedulerOutput(BaseOutput):
     pred_logits: torch.Tensor
 
 
-class MaskedScheduler(SchedulerMixin, ConfigMixin):
+class MaskedScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
     """Base of the absorbing-state samplers. Subclasses call ``_setup`` from their ``__init__``.
 
     ``compatibles`` lists the masked schedulers of this package and the diffusers classes named in

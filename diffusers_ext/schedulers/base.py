@@ -19,7 +19,6 @@ import difflib
 import inspect
 import math
 import numbers
-import sys
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +29,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..kernels import lincomb, use_triton
+from ..pipeline_loading import PipelineLoadable
 from .grids import FINAL_SIGMA_TYPES, build_grid, resolve_spacing
 from .noise_schedules import FlowMatching, NoiseSchedule, VPContinuous, VPDiscrete
 from .plan import Grid, StepPlan, build_plan
@@ -157,7 +157,7 @@ def refuse_unsupported_schedule(config: dict, scheduler_name: str) -> None:
                 f"for a VP (beta_schedule) or flow-matching (use_flow_sigmas) model.")
 
 
-class SolverScheduler(SchedulerMixin, ConfigMixin):
+class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
     """Base of the linear-combination solvers; see the module docstring."""
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
@@ -178,9 +178,6 @@ class SolverScheduler(SchedulerMixin, ConfigMixin):
             options.update(klass.__dict__.get("default_overrides", {}))
             options.update(klass.__dict__.get("family_options", {}))
         cls.__init__ = _make_init(options)
-        # diffusers' pipeline loader resolves a custom component's base class in the component's own module
-        # (model_index.json records e.g. ["diffusers_ext.schedulers.unipc", "UniPCScheduler"])
-        vars(sys.modules[cls.__module__]).setdefault("SchedulerMixin", SchedulerMixin)
 
     # ----------------------------------------------------------------------------------- family API
     history_size: int = 0
