@@ -2,13 +2,105 @@
 
 A run killed mid-write leaves at most a torn last line, which readers skip and writers never glue onto, so
 re-running a sweep or a calibration loses at most the unit in flight.
+
+Rows are reused only when their ``key`` (``identity``: a SHA-256 of the canonical JSON of everything that
+changes the result) matches. Writers hold an advisory lock (``fcntl.flock`` on a sidecar ``<file>.lock``, never
+deleted), so two processes never write the same file at once: a whole run refuses to start while another
+holds it (``ResultsFileBusy``); a single ``append_row`` waits for it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ResultsFileBusy(RuntimeError):
+    """Another process holds the lock of a results file."""
+
+
+_HELD: dict[str, int] = {}  # lock file -> descriptor, for the locks this process holds
+
+
+def canonical(value, depth: int = 0):
+    """A JSON-able, deterministic form of ``value``: arrays and tensors become the SHA-256 of their bytes
+    (with shape and dtype); other objects their type and public, non-callable attributes (3 levels deep)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, np.generic):
+        return canonical(value.item(), depth)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(k): canonical(v, depth) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v, depth) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(json.dumps(canonical(v, depth), sort_keys=True) for v in value)
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        t = torch.as_tensor(value).detach().cpu().contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        return {"sha256": hashlib.sha256(data).hexdigest(), "shape": list(t.shape), "dtype": str(t.dtype)}
+    name = type(value).__qualname__
+    if depth >= 3 or not hasattr(value, "__dict__"):
+        return name
+    state = {k: v for k, v in vars(value).items() if not k.startswith("_") and not callable(v)}
+    return {"type": name, "state": canonical(state, depth + 1)}
+
+
+def identity(fields: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``fields``: equal exactly when every field is equal."""
+    text = json.dumps(canonical(fields), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def scheduler_identity(scheduler) -> dict:
+    """A scheduler's class name and full config (private ``_`` keys dropped), as the resume keys use it."""
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    return {"class": type(scheduler).__name__, "config": canonical(config)}
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def exclusive(path: str | Path, wait: bool = False) -> Iterator[None]:
+    """Hold the advisory lock of results file ``path`` for the block (re-entrant within this process).
+
+    Raises ``ResultsFileBusy`` at once if another process holds it, unless ``wait``."""
+    path = Path(path)
+    lock = _lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lock.resolve())
+    if key in _HELD:
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        raise ResultsFileBusy(f"another process is writing {path} (it holds {lock}); wait for it to finish or "
+                              "choose another output file (--out / --archive)") from None
+    _HELD[key] = fd
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -18,18 +110,24 @@ def read_rows(path: str | Path) -> list[dict]:
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
 
 def append_row(path: str | Path, row: dict) -> None:
-    """Append one row and fsync it (creating the folder if needed)."""
+    """Append one row and fsync it (creating the folder if needed), under the file's lock."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a") as f:
-        f.write(("\n" if torn else "") + json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with exclusive(path, wait=True):
+        torn = False
+        if path.exists() and path.stat().st_size > 0:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        with open(path, "a") as f:
+            f.write(("\n" if torn else "") + json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,8 +1,10 @@
 """Resumable sweeps: schedulers x NFE x guidance x seeds on a model, one JSONL line per finished cell.
 
 Re-running the same command skips the cells already in the JSONL file, so an interrupted sweep loses at
-most the cell in flight. Metrics: ``gmm`` -> RMSE to the exact ODE endpoint; ``digits`` -> digits-cnn FID
-against the digits train split.
+most the cell in flight. A row is reused only when its ``key`` (a hash of everything that changes its value:
+model, metric, samples, extractor, reference, the scheduler's full config, NFE, guidance, seed) matches, and
+the file is locked while a sweep writes it. Metrics: ``gmm`` -> RMSE to the exact ODE endpoint; ``digits`` ->
+FID (digits-cnn features by default) against the digits train split.
 
 Scheduler specs: a short name (``dpm++2m``, ``unipc``, ...), one of our classes (``DPMSolverPPScheduler``)
 or ``diffusers:ClassName``, each optionally followed by ``:key=value,key=value`` config options.
@@ -10,16 +12,19 @@ or ``diffusers:ClassName``, each optionally followed by ``:key=value,key=value``
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..results_log import append_row, read_rows
+from ..results_log import append_row, exclusive, identity, read_rows, scheduler_identity
 from .gmm_accuracy import make_scheduler
 
 SHORT_NAMES = {
@@ -45,6 +50,40 @@ class Cell:
         return json.dumps([self.scheduler, self.nfe, self.guidance, self.seed])
 
 
+def split_options(text: str) -> list[str]:
+    """Split ``text`` at commas outside brackets and quotes (``a=1,b=[1,2]`` -> ``["a=1", "b=[1,2]"]``)."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [p.strip() for p in [*parts, text[start:]] if p.strip()]
+
+
+def split_specs(text: str) -> list[str]:
+    """A comma-separated list of scheduler specs; an item ``key=value`` (no ``:`` before its ``=``) continues
+    the previous spec's options, so ``dpm++3m,DPMSolverPPScheduler:solver_order=3,third_order_taylor=true``
+    is two specs."""
+    specs: list[str] = []
+    for item in split_options(text):
+        head = item.partition("=")[0]
+        if "=" in item and ":" not in head:
+            if not specs:
+                raise ValueError(f"scheduler option {item!r} comes before any scheduler name in {text!r}")
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
+
+
 def parse_scheduler(spec: str) -> tuple[str, dict]:
     """``name[:k=v,...]`` -> (class path, config overrides); raises ValueError naming the valid names."""
     if spec.startswith("diffusers:"):
@@ -56,8 +95,10 @@ def parse_scheduler(spec: str) -> tuple[str, dict]:
         path, overrides = SHORT_NAMES[head][0], dict(SHORT_NAMES[head][1])
     else:
         path, overrides = head, {}
-    for item in filter(None, options.split(",")):
-        key, _, value = item.partition("=")
+    for item in split_options(options):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"Scheduler option {item!r} of {spec!r} is not key=value")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -71,8 +112,26 @@ def parse_scheduler(spec: str) -> tuple[str, dict]:
 
 
 def load_done(path: Path) -> dict[str, dict]:
-    """Finished cells of a JSONL results file (a torn last line from a killed run is ignored)."""
-    return {Cell(r["scheduler"], r["nfe"], r["guidance"], r["seed"]).key(): r for r in read_rows(path)}
+    """Rows of a JSONL results file by their identity ``key`` (a torn last line from a killed run is ignored;
+    rows written before keys existed are listed by their cell and never match a cell's key)."""
+    rows = read_rows(path)
+    return {r.get("key") or Cell(r["scheduler"], r["nfe"], r["guidance"], r["seed"]).key(): r for r in rows}
+
+
+def default_out(model: str) -> str:
+    """``results/sweep_<model>.jsonl`` (a pipeline folder by its folder name)."""
+    name = model if model in MODELS else Path(model).resolve().name
+    return f"results/sweep_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.jsonl"
+
+
+@functools.lru_cache(maxsize=16)
+def _gmm_reference(seed: int, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noises of a seed and their exact ODE endpoints (cached: the ODE solve dominates a small cell)."""
+    from ..models.gmm import GaussianMixtureDenoiser
+
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num_samples, 2, 4, 4, generator=g, dtype=torch.float64)
+    return noise, GaussianMixtureDenoiser().ode_endpoint(noise, t_start=999.0)
 
 
 class GMMMetric:
@@ -83,17 +142,13 @@ class GMMMetric:
 
         self.model = GaussianMixtureDenoiser()
         self.num_samples = num_samples
-        self._refs = {}
 
     def __call__(self, scheduler, cell: Cell) -> float:
         from .gmm_accuracy import sample_with
 
-        g = torch.Generator().manual_seed(cell.seed)
-        noise = torch.randn(self.num_samples, 2, 4, 4, generator=g, dtype=torch.float64)
-        if cell.seed not in self._refs:
-            self._refs[cell.seed] = self.model.ode_endpoint(noise, t_start=999.0)
+        noise, reference = _gmm_reference(cell.seed, self.num_samples)
         out = sample_with(scheduler, self.model, noise.float(), cell.nfe).double()
-        return float((out - self._refs[cell.seed]).pow(2).mean().sqrt())
+        return float((out - reference).pow(2).mean().sqrt())
 
 
 def _distributed() -> tuple[int, int]:
@@ -109,20 +164,22 @@ def _distributed() -> tuple[int, int]:
 
 
 class DigitsMetric:
-    """digits-cnn FID of one cell. Under several processes each rank samples a share of the cell's noises
-    (all drawn from the cell's seed, so the samples do not depend on the process count), extracts their
-    features, and rank 0 gathers them in sample order before computing the statistics."""
+    """FID of one cell (features of ``extractor``; reference: the digits train split unless given). Under
+    several processes each rank samples a share of the cell's noises (all drawn from the cell's seed, so the
+    samples do not depend on the process count), extracts their features, and rank 0
+    gathers them in sample order before computing the statistics."""
 
     name = "fid"
 
-    def __init__(self, num_samples: int, cache_dir):
+    def __init__(self, num_samples: int, cache_dir, extractor: str = "digits-cnn", reference=None):
         from ..models.digits import load_digits, load_pipeline, to_uint8
         from .fid import statistics
 
         self.pipe = load_pipeline()
-        self.num_samples = num_samples
-        train, _ = load_digits("train")
-        self.reference = statistics(to_uint8(train), cache_dir=cache_dir)
+        self.num_samples, self.extractor = num_samples, extractor
+        if reference is None:
+            reference = to_uint8(load_digits("train")[0])
+        self.reference = statistics(reference, extractor, cache_dir=cache_dir)
 
     def __call__(self, scheduler, cell: Cell) -> float:
         from torch_fidelity.metric_fid import fid_features_to_statistics
@@ -138,7 +195,7 @@ class DigitsMetric:
         images = self.pipe(class_labels=labels[mine], latents=noise[mine], num_inference_steps=cell.nfe,
                            guidance_scale=cell.guidance, generator=torch.Generator().manual_seed(cell.seed + rank),
                            output_type="uint8").images
-        feats = torch.from_numpy(extract_features(images.cpu()))
+        feats = torch.from_numpy(extract_features(images.cpu(), self.extractor))
         if world > 1:
             import torch.distributed as dist
 
@@ -191,20 +248,55 @@ def load_pipeline_folder(folder):
     return pipe
 
 
+def _reference_id(reference):
+    if reference is None:
+        return None
+    return str(Path(reference).resolve()) if isinstance(reference, (str, os.PathLike)) else reference
+
+
+def sweep_context(model: str, num_samples: int, extractor: str, reference) -> dict:
+    """Everything besides the cell and its scheduler that changes a row's value (part of every row's key)."""
+    if model == "gmm":
+        return {"model": "gmm", "metric": "rmse", "num_samples": num_samples, "extractor": None, "reference": None}
+    return {"model": model if model in MODELS else str(Path(model).resolve()), "metric": "fid",
+            "num_samples": num_samples, "extractor": extractor, "reference": _reference_id(reference)}
+
+
+def metric_label(rows: list[dict]) -> str:
+    """What the rows' values are, e.g. ``digits-cnn FID`` or ``RMSE to the exact ODE endpoint``."""
+    labels = {"RMSE to the exact ODE endpoint" if r["metric"] == "rmse" else f"{r.get('extractor') or 'digits-cnn'} "
+              f"FID" for r in rows}
+    return " / ".join(sorted(labels)) or "metric"
+
+
 def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0,), seeds=(0,), num_samples: int = 500,
-              out: str | Path = "results/sweep.jsonl", cache_dir=None, progress: bool = True, reference=None,
+              out: str | Path | None = None, cache_dir=None, progress: bool = True, reference=None,
               extractor: str = "digits-cnn", factories: dict | None = None) -> list[dict]:
     """Run every missing cell, appending to ``out``; returns all rows (old and new) of this sweep.
 
     ``model``: "digits", "gmm", or a local diffusers pipeline folder (then ``reference``, a PNG folder or a
-    statistics file, is required). ``factories``: extra schedulers by name, each a callable ``cell -> scheduler``
-    (for schedulers whose config depends on the cell, e.g. DC ratios calibrated per NFE and guidance)."""
+    statistics file, is required; for digits it replaces the train split). ``extractor``: FID features (digits
+    and pipeline folders). ``out``: default ``results/sweep_<model>.jsonl``. ``factories``: extra schedulers by
+    name, each a callable ``cell -> scheduler`` (for schedulers whose config depends on the cell, e.g. DC ratios
+    calibrated per NFE and guidance).
+
+    A row is reused only if its ``key`` matches: a hash of the model, metric, sample count, extractor, reference,
+    the scheduler's class and full config, NFE, guidance and seed. The file is locked for the whole run
+    (``ResultsFileBusy`` if another process writes it)."""
+    from .fid import EXTRACTORS
+
     is_folder = model not in MODELS
     if is_folder and not (Path(model) / "model_index.json").is_file():
         raise ValueError(f"Unknown model {model!r}; valid choices: {', '.join(MODELS)}, or a local diffusers "
                          f"pipeline folder (with model_index.json)")
     if is_folder and reference is None:
         raise ValueError("A pipeline folder needs --reference: a folder of real PNG images or a statistics file")
+    if model == "gmm" and reference is not None:
+        raise ValueError("the gmm model's metric is the RMSE to the exact ODE endpoint: it takes no --reference")
+    if model != "gmm" and extractor not in EXTRACTORS:
+        raise ValueError(f"Unknown extractor {extractor!r}; valid choices: {', '.join(EXTRACTORS)}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     nfes = [int(n) for n in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"NFE list must be non-empty and positive, got {nfes}")
@@ -213,30 +305,43 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     if not schedulers:
         raise ValueError("at least one scheduler is needed")
     specs = {s: parse_scheduler(s) for s in schedulers if s not in factories}  # checked before any work starts
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cells = [Cell(s, n, float(g), int(seed)) for s in schedulers for g in guidances for n in nfes for seed in seeds]
-    done = load_done(out)
-    todo = [c for c in cells if c.key() not in done]
-    rank = _distributed()[0]
-    metric = PipelineMetric(model, reference, extractor, num_samples, cache_dir) if is_folder and todo else None
-    for cell in tqdm(todo, desc=f"sweep {model}", disable=not progress or rank != 0):
-        if metric is None:
-            metric = GMMMetric(num_samples) if model == "gmm" else DigitsMetric(num_samples, cache_dir)
+    context = sweep_context(model, num_samples, extractor, reference)
+
+    def build(cell: Cell):
         if cell.scheduler in factories:
-            scheduler = factories[cell.scheduler](cell)
-        else:
-            path, overrides = specs[cell.scheduler]
-            if overrides.get("dc_cpr") is not None and overrides.get("dc_guidance_scale") is None:
-                overrides = {**overrides, "dc_guidance_scale": cell.guidance}  # CPR ratios for the cell's guidance
-            scheduler = make_scheduler(path, overrides)
-        value = metric(scheduler, cell)
-        row = {**asdict(cell), "model": model, "metric": metric.name,
-               "value": value if math.isfinite(value) else None, "num_samples": num_samples}
-        if rank == 0:  # one writer; every rank computed the same gathered value
-            append_row(out, row)
-        done[cell.key()] = row
-    return [done[c.key()] for c in cells]
+            return factories[cell.scheduler](cell)
+        path, overrides = specs[cell.scheduler]
+        if overrides.get("dc_cpr") is not None and overrides.get("dc_guidance_scale") is None:
+            overrides = {**overrides, "dc_guidance_scale": cell.guidance}  # CPR ratios for the cell's guidance
+        return make_scheduler(path, overrides)
+
+    cells = [Cell(s, n, float(g), int(seed)) for s in schedulers for g in guidances for n in nfes for seed in seeds]
+    plan = []
+    for cell in cells:
+        scheduler = build(cell)
+        sid = scheduler_identity(scheduler)
+        key = identity({**context, "scheduler": sid, "nfe": cell.nfe, "guidance": cell.guidance, "seed": cell.seed})
+        plan.append((cell, scheduler, sid, key))
+    out = Path(out if out is not None else default_out(model))
+    rank = _distributed()[0]
+    with exclusive(out) if rank == 0 else contextlib.nullcontext():  # one writer: rank 0
+        done = load_done(out)
+        todo = [p for p in plan if p[3] not in done]
+        metric = None
+        if todo:
+            metric = GMMMetric(num_samples) if model == "gmm" else DigitsMetric(
+                num_samples, cache_dir, extractor, reference) if model == "digits" else PipelineMetric(
+                model, reference, extractor, num_samples, cache_dir)
+        for cell, scheduler, sid, key in tqdm(todo, desc=f"sweep {model}", disable=not progress or rank != 0):
+            if key in done:  # another label of the same scheduler config, computed a moment ago
+                continue
+            value = metric(scheduler, cell)
+            row = {**asdict(cell), **context, "value": value if math.isfinite(value) else None,
+                   "scheduler_class": sid["class"], "scheduler_config": sid["config"], "key": key}
+            if rank == 0:  # every rank computed the same gathered value
+                append_row(out, row)
+            done[key] = row
+    return [{**done[key], **asdict(cell)} for cell, _, _, key in plan]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -263,20 +368,34 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: list[dict], path, metric: str) -> None:
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def line_style(i: int) -> dict:
+    """Colour, line style and marker of the i-th line: 140 distinct combinations (10 colours x 7 markers x 4
+    styles), so lines past the tenth colour stay distinguishable."""
+    return {"color": f"C{i % 10}", "linestyle": LINE_STYLES[i % len(LINE_STYLES)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def plot(summary: list[dict], path, metric: str):
+    """One panel per guidance scale: mean +- std over seeds against NFE (integer ticks); returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     guidances = sorted({r["guidance"] for r in summary})
+    names = list(dict.fromkeys(r["scheduler"] for r in summary))
     fig, axes = plt.subplots(1, len(guidances), figsize=(5.5 * len(guidances), 4), squeeze=False)
     for ax, g in zip(axes[0], guidances):
-        for s in dict.fromkeys(r["scheduler"] for r in summary):
+        for i, s in enumerate(names):
             pts = sorted((r["nfe"], r["mean"], r["std"]) for r in summary if r["scheduler"] == s and r["guidance"] == g)
             if pts:
                 n, m, e = zip(*pts)
-                ax.errorbar(n, m, yerr=e, marker="o", capsize=2, label=s)
+                ax.errorbar(n, m, yerr=e, capsize=2, label=s, **line_style(i))
+        nfes = sorted({r["nfe"] for r in summary if r["guidance"] == g})
+        ax.set_xticks(nfes, [str(n) for n in nfes])
         ax.set_xlabel("NFE (model calls)")
         ax.set_ylabel(metric)
         ax.set_yscale("log")
@@ -286,3 +405,4 @@ def plot(summary: list[dict], path, metric: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig

@@ -15,6 +15,9 @@ calibration loss of a step never rises.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import json
 import math
 import warnings
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..results_log import append_row, canonical, exclusive, identity, read_rows, scheduler_identity
 from ..schedulers import DCSolverScheduler, DPMSolverPPScheduler
 from ..schedulers.compensation import DynamicCompensation
 from ..schedulers.cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
@@ -252,27 +256,55 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
                          loss_at_one=loss_one, loss_calibrated=loss_cal, model_calls=calls)
 
 
-def calibrate_dc_grid(model, nfes: Sequence[int], guidance_scales: Sequence[float] = (1.0,), *, out=None,
-                      progress: bool = True, **kwargs) -> dict[tuple[int, float], DCCalibration]:
-    """``calibrate_dc`` for every (NFE, guidance scale). With ``out`` (a JSONL file) each finished calibration
-    is appended at once and configurations already there are skipped, so an interrupted grid resumes."""
-    from ..results_log import append_row, read_rows
+def _model_name(model) -> dict | str:
+    """A model's name for the resume key: a pipeline's class and ``_name_or_path``, a callable's qualified name."""
+    if hasattr(model, "components"):
+        return {"pipeline": type(model).__name__, "name_or_path": str(model.config.get("_name_or_path", ""))}
+    return f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', type(model).__qualname__)}"
 
+
+def calibration_settings(model, model_key=None, **kwargs) -> dict:
+    """Everything besides (NFE, guidance) that changes a calibration: the model, the scheduler's class and full
+    config, and every other ``calibrate_dc`` argument (defaults included)."""
+    params = inspect.signature(calibrate_dc).parameters
+    valid = [p for p in params if p not in ("model", "num_inference_steps", "guidance_scale")]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise TypeError(f"calibrate_dc_grid got unexpected arguments {unknown}; valid: {', '.join(valid)}")
+    settings = {name: kwargs.get(name, p.default) for name, p in params.items()
+                if p.default is not inspect.Parameter.empty and name not in ("scheduler", "guidance_scale", "progress")}
+    settings["scheduler"] = scheduler_identity(_scheduler_for(model, kwargs.get("scheduler")))
+    settings["model"] = model_key if model_key is not None else _model_name(model)
+    return canonical(settings)
+
+
+def calibrate_dc_grid(model, nfes: Sequence[int], guidance_scales: Sequence[float] = (1.0,), *, out=None,
+                      progress: bool = True, model_key=None, **kwargs) -> dict[tuple[int, float], DCCalibration]:
+    """``calibrate_dc`` for every (NFE, guidance scale). With ``out`` (a JSONL file, locked while the grid runs)
+    each finished calibration is appended at once and configurations already there are skipped, so an
+    interrupted grid resumes. A row is reused only if its ``key`` matches: a hash of ``calibration_settings``
+    (model, scheduler config, samples, seed, reference steps, iterations, ...), NFE and guidance.
+    ``model_key`` names the model in that key (default: a pipeline's class and ``_name_or_path``, a callable's
+    qualified name); pass it when one name can stand for different weights or functions."""
     configs = [(int(n), float(g)) for g in guidance_scales for n in nfes]
     if not configs:
         raise ValueError("calibrate_dc_grid needs at least one NFE and one guidance scale")
+    settings = calibration_settings(model, model_key, **kwargs)
+    keys = {(n, g): identity({**settings, "nfe": n, "guidance": g}) for n, g in configs}
+    fields = {f.name for f in dataclasses.fields(DCCalibration)}
     done = {}
-    if out is not None:
-        for row in read_rows(out):
-            cal = DCCalibration(**row)
-            done[(cal.num_inference_steps, cal.guidance_scale)] = cal
-    for n, g in tqdm(configs, desc="DC calibration grid", disable=not progress or len(configs) == 1):
-        if (n, g) in done:
-            continue
-        cal = calibrate_dc(model, n, guidance_scale=g, progress=progress, **kwargs)
-        if out is not None:
-            append_row(out, asdict(cal))
-        done[(n, g)] = cal
+    with exclusive(out) if out is not None else contextlib.nullcontext():
+        by_key = {row.get("key"): row for row in (read_rows(out) if out is not None else [])}
+        for config, key in keys.items():
+            if key in by_key:
+                done[config] = DCCalibration(**{k: v for k, v in by_key[key].items() if k in fields})
+        for n, g in tqdm(configs, desc="DC calibration grid", disable=not progress or len(configs) == 1):
+            if (n, g) in done:
+                continue
+            cal = calibrate_dc(model, n, guidance_scale=g, progress=progress, **kwargs)
+            if out is not None:
+                append_row(out, {**asdict(cal), "key": keys[(n, g)], "settings": settings})
+            done[(n, g)] = cal
     return {c: done[c] for c in configs}
 
 

@@ -17,6 +17,7 @@ archive skips what is there and continues (each stage's candidates come from its
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..results_log import append_row, read_rows
+from ..results_log import append_row, canonical, exclusive, identity, read_rows
 from ..schedulers import hand_designed_schedule
 from ..schedulers.grids import build_grid
 from ..schedulers.usf_schedule import MAX_ORDER, ScheduleError, SolverSchedule
@@ -152,6 +153,16 @@ class RankingPredictor(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- search
+def objective_identity(objective):
+    """What an archive row's value depends on besides the schedule: the objective's ``identity`` attribute if
+    it has one, else its qualified name and public, non-callable state (noises, references, configs, sample
+    counts; arrays by hash). A closure over other data must set ``identity``."""
+    if getattr(objective, "identity", None) is not None:
+        return canonical(objective.identity)
+    name = getattr(objective, "__qualname__", type(objective).__qualname__)
+    return {"callable": f"{getattr(objective, '__module__', '')}.{name}", "state": canonical(objective)}
+
+
 @dataclass
 class SearchResult:
     best: dict
@@ -169,11 +180,23 @@ def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, pr
     Args:
         objective: schedule dict -> (value, model evaluations); lower is better.
         noise_schedule: the scheduler's ``noise_schedule`` (grids and log-SNR for mutations).
-        archive: JSONL path; evaluated schedules persist there and a rerun resumes from them.
+        archive: JSONL path, locked while the search runs; evaluated schedules persist there and a rerun
+            resumes from the rows of the same search: equal ``objective_identity``, noise schedule, NFE and
+            search settings (``predictor``, ``seed``, stage sizes; not the budget, so a larger budget continues).
     """
     if nfe < 1 or budget < 1:
         raise ValueError(f"nfe and budget must be >= 1, got {nfe} and {budget}")
-    rows = [r for r in read_rows(archive) if r.get("nfe") == nfe] if archive is not None else []
+    search = identity({"objective": objective_identity(objective), "noise_schedule": noise_schedule, "nfe": nfe,
+                       "predictor": predictor, "seed": seed, "candidates_per_stage": candidates_per_stage,
+                       "evaluated_per_stage": evaluated_per_stage, "parents": parents})
+    with exclusive(archive) if archive is not None else contextlib.nullcontext():
+        rows = [r for r in read_rows(archive) if r.get("search") == search] if archive is not None else []
+        return _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, candidates_per_stage,
+                       evaluated_per_stage, parents, progress, rows, search)
+
+
+def _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, candidates_per_stage,
+            evaluated_per_stage, parents, progress, rows, search) -> SearchResult:
     done = {_key(r["schedule"]): r for r in rows}
     spent = sum(r["evaluations"] for r in rows)
     bar = tqdm(total=budget, initial=min(spent, budget), desc=f"S^3 search (NFE {nfe})", disable=not progress,
@@ -188,7 +211,7 @@ def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, pr
             return None
         value, cost = objective(schedule)
         row = {"nfe": nfe, "stage": stage, "schedule": schedule, "value": value if math.isfinite(value) else None,
-               "evaluations": cost}
+               "evaluations": cost, "search": search}
         if archive is not None:
             append_row(archive, row)
         done[key], spent = row, spent + cost
