@@ -25,7 +25,7 @@ SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end":
 def saved_config(tmp_path, name, **kwargs):
     """The config of diffusers' ``name`` as it comes from disk: every key explicit, ``_class_name`` set."""
     cls = getattr(diffusers, name)
-    if not name.startswith("FlowMatch"):
+    if not name.startswith(("FlowMatch", "EDM")):
         kwargs = {**SD_BETAS, "prediction_type": "v_prediction", **kwargs}
     cls(**kwargs).save_pretrained(tmp_path)
     return cls.load_config(tmp_path)
@@ -171,12 +171,13 @@ def test_saved_pipeline_reloads(tmp_path, ours):
                                   "USFScheduler", "FirstHittingScheduler", "MDLMAncestralScheduler"])
 def test_diffusers_loader_finds_the_load_method_of_every_scheduler(name):
     """What DiffusionPipeline.from_pretrained does with a model_index.json entry [module, class]."""
-    import diffusers_ext
     from diffusers.pipelines.pipeline_loading_utils import (
         ALL_IMPORTABLE_CLASSES,
         _fetch_class_library_tuple,
         get_class_obj_and_candidates,
     )
+
+    import diffusers_ext
 
     cls = getattr(diffusers_ext, name)
     library, class_name = _fetch_class_library_tuple(cls)
@@ -281,13 +282,63 @@ def test_sigmas_and_timesteps_as_diffusers():
 
 
 # ----------------------------------------------------------------------------------- item 5: schedules
-@pytest.mark.parametrize("source", ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"])
-def test_edm_configs_are_refused_not_replaced_by_ddpm(tmp_path, source):
-    getattr(diffusers, source)().save_pretrained(tmp_path)
-    config = getattr(diffusers, source).load_config(tmp_path)
-    for ours in (DPMSolverPPScheduler, UniPCScheduler, DEISScheduler):
-        with pytest.raises(ValueError, match="sigma_data=0.5 selects EDM"):
-            ours.from_config(config)
+def edm_denoiser(prediction_type: str, sigma_data: float = 0.5):
+    """The exact GMM denoiser behind EDM preconditioning: model(c_in x, log(sigma) / 4) -> F with
+    c_skip x + c_out F = E[x0 | x] (arXiv 2206.00364, table 1)."""
+
+    def model(x_in, c_noise):
+        sigma = torch.exp(4 * torch.as_tensor(c_noise, dtype=torch.float64)).reshape(-1).expand(x_in.shape[0])[:, None]
+        norm = sigma**2 + sigma_data**2
+        x = x_in.reshape(x_in.shape[0], -1).double() * norm.sqrt()
+        x0, _ = MODEL.posterior(x, torch.ones_like(sigma), sigma)
+        F = (x0 - sigma_data**2 / norm * x) / (sigma * sigma_data / norm.sqrt())
+        return (F if prediction_type == "epsilon" else -F).reshape(x_in.shape).to(x_in.dtype)
+
+    return model
+
+
+def run_edm(sched, model, x):
+    """A pipeline's loop: initial noise scaled by init_noise_sigma, model input by scale_model_input."""
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.step(model(sched.scale_model_input(x, t), t), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("kwargs", [{}, {"solver_order": 3}, {"sigma_schedule": "exponential"}])
+def test_edm_dpm_solver_config_is_followed_as_diffusers(tmp_path, prediction_type, kwargs):
+    """Playground v2.5's scheduler: DPM-Solver++ on the EDM schedule equals diffusers' EDMDPMSolverMultistep."""
+    config = saved_config(tmp_path, "EDMDPMSolverMultistepScheduler", prediction_type=prediction_type, **kwargs)
+    theirs = diffusers.EDMDPMSolverMultistepScheduler.from_config(config)
+    mine = DPMSolverPPScheduler.from_config(config)
+    assert mine.config.sigma_data == 0.5 and mine.init_noise_sigma == pytest.approx(theirs.init_noise_sigma)
+    theirs.set_timesteps(10)
+    mine.set_timesteps(10)
+    torch.testing.assert_close(mine.timesteps, theirs.timesteps.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(mine.sigmas, theirs.sigmas.float(), rtol=1e-6, atol=0)
+    model, x = edm_denoiser(prediction_type), _x(shape=(4, 2, 4, 4))
+    torch.testing.assert_close(run_edm(mine, model, x), run_edm(theirs, model, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ours", [UniPCScheduler, DEISScheduler, DCSolverScheduler])
+def test_edm_euler_config_is_followed_by_every_family(tmp_path, ours):
+    config = saved_config(tmp_path, "EDMEulerScheduler")
+    theirs = diffusers.EDMEulerScheduler.from_config(config)
+    cls, kw = _ours(ours)
+    mine = cls.from_config(config, **kw)
+    theirs.set_timesteps(8)
+    mine.set_timesteps(8)
+    torch.testing.assert_close(mine.sigmas, theirs.sigmas.float(), rtol=1e-6, atol=0)  # not a DDPM schedule
+    x = _x(shape=(4, 2, 4, 4))
+    assert torch.isfinite(run_edm(mine, edm_denoiser("epsilon"), x)).all()
+    torch.testing.assert_close(mine.scale_model_input(x, mine.timesteps[0]),
+                               theirs.scale_model_input(x, theirs.timesteps[0]), rtol=1e-6, atol=0)
+
+
+def test_edm_needs_an_edm_prediction_type():
+    with pytest.raises(ValueError, match="EDM preconditioning.*supports prediction_type"):
+        DPMSolverPPScheduler(sigma_data=0.5, prediction_type="sample")
 
 
 def test_inverted_flow_sigmas_are_refused(tmp_path):

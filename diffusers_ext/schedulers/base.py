@@ -31,9 +31,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..kernels import lincomb, use_triton
 from ..pipeline_loading import PipelineLoadable
 from .grids import FINAL_SIGMA_TYPES, build_grid, resolve_spacing
-from .noise_schedules import FlowMatching, NoiseSchedule, VPContinuous, VPDiscrete
+from .noise_schedules import EDM, FlowMatching, NoiseSchedule, VPContinuous, VPDiscrete
 from .plan import Grid, StepPlan, build_plan
-from .predictions import PREDICTION_TYPES, conversion
+from .predictions import EDM_PREDICTION_TYPES, PREDICTION_TYPES, conversion
 from .step_rule import Lin, M, StepRule
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
@@ -74,6 +74,11 @@ COMMON_OPTIONS: dict[str, Any] = {
     "final_sigmas_type": "zero",
     "sigma_min": None,  # range of the karras / exponential / beta grids (default: the schedule's own)
     "sigma_max": None,
+    "rho": 7.0,  # Karras grid exponent
+    # EDM (arXiv 2206.00364): a number switches to the VE schedule x0 + sigma eps with EDM preconditioning,
+    # sigma in [sigma_min, sigma_max] (defaults 0.002, 80), on a sigma_schedule grid ("karras" / "exponential")
+    "sigma_data": None,
+    "sigma_schedule": None,
     "lambda_min_clipped": -math.inf,  # time grids of discrete schedules start below this log-SNR clip
     # solver
     "solver_order": 2,
@@ -117,7 +122,6 @@ TRAINING_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta
 # implement, with the value that is harmless: a config holding another value is refused, never replaced by
 # a DDPM schedule.
 UNSUPPORTED_SCHEDULE_KEYS: dict[str, tuple[Any, str]] = {
-    "sigma_data": (None, "EDM preconditioning (EDMDPMSolverMultistep / EDMEuler: Playground v2.5, Stable Audio)"),
     "invert_sigmas": (False, "inverted flow sigmas"),
     "timestep_type": ("discrete", "continuous (0.25 log sigma) model times"),
 }
@@ -162,7 +166,6 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
     order = 1  # model calls per timestep entry (diffusers' meaning), not the solver order
-    init_noise_sigma = 1.0
 
     family_options: ClassVar[dict[str, Any]] = {}
     default_overrides: ClassVar[dict[str, Any]] = {}
@@ -267,7 +270,11 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         self._device: torch.device | None = None
         self._started = False
         T = cfg.num_train_timesteps
-        self.timesteps = torch.from_numpy(np.arange(T - 1, -1, -1, dtype=np.float32).copy())
+        if isinstance(self.noise_schedule, EDM):  # model times are log(sigma) / 4, not 0..T-1
+            times = np.linspace(self.noise_schedule.t_max, self.noise_schedule.t_min, T)
+        else:
+            times = np.arange(T - 1, -1, -1, dtype=np.float64)
+        self.timesteps = torch.from_numpy(times.astype(np.float32))
         self.sigmas = torch.from_numpy(self.noise_schedule.grid_sigma(self.timesteps.numpy()).astype(np.float32))
         if isinstance(self.noise_schedule, VPContinuous):  # the discrete case sets them from its betas
             alpha, _ = self.noise_schedule.alpha_sigma(np.arange(T, dtype=np.float64))
@@ -301,6 +308,7 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
             need(value is None or (value > 0 and math.isfinite(value)), f"{key} must be None or > 0, got {value}")
         if cfg.sigma_min is not None and cfg.sigma_max is not None:
             need(cfg.sigma_min < cfg.sigma_max, f"sigma_min={cfg.sigma_min} must be below sigma_max={cfg.sigma_max}")
+        need(cfg.rho > 0 and math.isfinite(cfg.rho), f"rho (the Karras exponent) must be > 0, got {cfg.rho}")
         need(not math.isnan(cfg.lambda_min_clipped), "lambda_min_clipped must be a number (default -inf)")
         if math.isfinite(cfg.lambda_min_clipped):
             need(cfg.noise_schedule == "discrete" and not cfg.use_flow_sigmas,
@@ -310,6 +318,15 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         cfg = self.config
         if cfg.noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"Unknown noise_schedule {cfg.noise_schedule!r}; valid choices: {NOISE_SCHEDULES}")
+        if cfg.sigma_data is not None:
+            if cfg.use_flow_sigmas or cfg.noise_schedule != "discrete" or cfg.trained_betas is not None:
+                raise ValueError("sigma_data selects the EDM schedule; it cannot be combined with use_flow_sigmas, "
+                                 "a continuous noise_schedule or trained_betas")
+            if cfg.prediction_type not in EDM_PREDICTION_TYPES:
+                raise ValueError(f"EDM preconditioning (sigma_data) supports prediction_type "
+                                 f"{EDM_PREDICTION_TYPES}, got {cfg.prediction_type!r}")
+            return EDM(cfg.sigma_min if cfg.sigma_min is not None else 0.002,
+                       cfg.sigma_max if cfg.sigma_max is not None else 80.0, cfg.sigma_data)
         if cfg.use_flow_sigmas:
             if cfg.noise_schedule != "discrete":
                 raise ValueError("use_flow_sigmas=True is a schedule of its own; leave noise_schedule='discrete'")
@@ -359,7 +376,7 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
             sigmas=sigmas, final_sigmas_type=cfg.final_sigmas_type, steps_offset=cfg.steps_offset,
             flow_shift=cfg.flow_shift, mu=mu if cfg.use_dynamic_shifting else None,
             time_shift_type=cfg.time_shift_type, shift_terminal=cfg.shift_terminal, sigma_min=cfg.sigma_min,
-            sigma_max=cfg.sigma_max, last_timestep=self._last_timestep())
+            sigma_max=cfg.sigma_max, karras_rho=cfg.rho, last_timestep=self._last_timestep())
         times = self.family_grid(times)
         self._grid = Grid.from_times(self.noise_schedule, times)
         evaluation = times[:-1]
@@ -426,8 +443,22 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
     # ----------------------------------------------------------------------------------- sampling
-    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return sample
+    @property
+    def init_noise_sigma(self) -> float:
+        """1 (VP, flow); sqrt(sigma_max^2 + 1) for EDM, as diffusers' EDM schedulers."""
+        if isinstance(self.noise_schedule, EDM):
+            return math.sqrt(math.exp(8.0 * self.noise_schedule.t_max) + 1.0)
+        return 1.0
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None, *args, **kwargs) -> torch.Tensor:
+        """The identity, except EDM: sample / sqrt(sigma^2 + sigma_data^2) at ``timestep`` (= log(sigma) / 4)."""
+        if not isinstance(self.noise_schedule, EDM):
+            return sample
+        if timestep is None:
+            raise ValueError("scale_model_input needs the timestep for an EDM schedule (sigma_data is set)")
+        t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float64).reshape(-1)
+        c_in = torch.rsqrt(torch.exp(8.0 * t) + self.noise_schedule.sigma_data**2)
+        return (sample * c_in.reshape(-1, *([1] * (sample.dim() - 1)))).to(sample.dtype)
 
     def _start(self, timestep, sample: torch.Tensor, model_output: torch.Tensor) -> None:
         """First step of a run: find where it starts, move the table, allocate the history ring."""
@@ -539,5 +570,5 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
 def _data_conversion(prediction_type: str, grid: Grid) -> np.ndarray:
     """(c_x, c_out) per step: the data prediction the thresholding pre-pass computes, shape (N, 2)."""
     n = grid.num_steps
-    cx, co = conversion(prediction_type, "data", grid.alpha[:n], grid.sigma[:n])
+    cx, co = conversion(prediction_type, "data", grid.alpha[:n], grid.sigma[:n], grid.sigma_data)
     return np.stack([cx, co], axis=-1)

@@ -10,7 +10,9 @@ Data prediction m, lambda = log(alpha / sigma), h = lambda_t - lambda_s, phi1 = 
 
 The SDE variant (arXiv 2211.01095, section 5) replaces exp(-h) by exp(-2h) in the data terms and adds
 sigma_t sqrt(1 - exp(-2h)) noise. Warm-up uses lower orders; like diffusers, the last steps drop to lower
-orders below 15 steps (``lower_order_final``) and the step into sigma = 0 is first order.
+orders below 15 steps (``lower_order_final``) and the step into sigma = 0 is first order. A grid starting at
+alpha = 0 (a flow grid's sigma = 1) has no derivative information there: multistep lowers the order, singlestep
+takes that first step alone before its blocks.
 """
 
 from __future__ import annotations
@@ -61,7 +63,11 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
     ``third_order_taylor``: the published 3M update (official code and diffusers) weights
     D2 = (D1_0 - D1_1) / (r0 + r1) = h^2 m''/2 with phi3, whose Taylor coefficient multiplies h^2 m'', so
     3M converges at order 2 (measured: endpoint-error slope 2.0 on the GMM, tests/test_accuracy.py). True
-    doubles D2 and restores order 3. Off by default so 3M matches diffusers.
+    doubles D2 and restores order 3. Off by default so 3M matches diffusers. SDE 3M: the exact weight of
+    h^2 m'' under the exp(-2h) kernel is phi3 = phi2 / (2h) - 0.5 with phi2 = expm1(-2h) / (2h) + 1; diffusers'
+    SDE 3M (the default here) uses + 0.5, a D2 term wrong by O(h^2) per step (first order in the drift);
+    ``third_order_taylor`` uses the exact weight: third order in the drift, while the noise keeps the strong
+    error first order, as for SDE 2M (tests/test_valid_config_crashes.py).
     """
 
     config_family = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
@@ -155,15 +161,25 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
             if self.config.third_order_taylor:
                 d2 = 2.0 * d2  # the Taylor term needs h^2 m''; see the class docstring
             phi2 = phi1 / hh + 1.0
-            # ODE: phi3 = phi2 / h - 0.5; the exp(-2h) integrator of the SDE flips the constant
-            phi3 = (phi1 + hh) / hh**2 + (0.5 if sde else -0.5)
+            # phi3 = phi2 / hh - 0.5 (hh = h, or 2h for the SDE's exp(-2h) kernel) weights h^2 m'' exactly;
+            # diffusers' SDE 3M flips the constant (O(h^2) wrong per step, first order), kept unless third_order_taylor
+            diffusers_sde = sde and not self.config.third_order_taylor
+            phi3 = (phi1 + hh) / hh**2 + (0.5 if diffusers_sde else -0.5)
             x_next = x_next + (a_t * phi2) * d1 - (a_t * phi3) * d2
         return StepRule(x_next, history_entry=m0 if self.history_size else None)
 
-    def _singlestep_rule(self, grid: Grid, i: int, n: int) -> StepRule:
+    def _singlestep_orders(self, grid: Grid, begin: int) -> list[int]:
+        """Step orders from ``begin``: blocks of ``singlestep_orders``, after a lone first-order step where the
+        grid starts at alpha = 0 (a flow grid's sigma = 1, lambda = -inf), which no higher-order block can span."""
         cfg, N = self.config, grid.num_steps
-        orders = singlestep_orders(N - (i - n), cfg.solver_order, cfg.lower_order_final, grid.sigma[N] == 0.0)
-        j = orders[n] - 1  # position in the block; the block started at step i - j
+        lone = int(not np.isfinite(grid.lam[begin]))
+        rest = N - begin - lone
+        blocks = singlestep_orders(rest, cfg.solver_order, cfg.lower_order_final, grid.sigma[N] == 0.0) if rest else []
+        return [1] * lone + blocks
+
+    def _singlestep_rule(self, grid: Grid, i: int, n: int) -> StepRule:
+        cfg = self.config
+        j = self._singlestep_orders(grid, i - n)[n] - 1  # position in the block; the block started at step i - j
         lam, alpha, sigma = grid.lam, grid.alpha, grid.sigma
         b, t = i - j, i + 1
         base = X if j == 0 else SAVED

@@ -35,6 +35,11 @@ def resolve_spacing(config) -> str:
     if len(flags) > 1:
         raise ValueError(f"Only one sigma grid flag may be set, got {flags}")
     spacing = flags[0] if flags else config["timestep_spacing"]
+    if config.get("sigma_data") is not None and not flags:  # EDM: its sigma_schedule, or a sigma-based spacing
+        edm = config.get("sigma_schedule")
+        if edm is not None and edm not in ("karras", "exponential"):
+            raise ValueError(f"Unknown sigma_schedule {edm!r}; valid choices: 'karras', 'exponential'")
+        spacing = edm or (spacing if spacing in SIGMA_SPACINGS else "karras")
     if spacing not in SPACINGS:
         raise ValueError(f"Unknown timestep_spacing {spacing!r}; valid choices: {', '.join(SPACINGS)}")
     return spacing
@@ -83,10 +88,9 @@ def _discrete_time_grid(num_steps: int, spacing: str, num_train: int, steps_offs
     return times.astype(np.float64)
 
 
-def _sigma_grid(kind: str, s_max: float, s_min: float, n: int) -> np.ndarray:
+def _sigma_grid(kind: str, s_max: float, s_min: float, n: int, rho: float = 7.0) -> np.ndarray:
     ramp = np.linspace(0.0, 1.0, n)
     if kind == "karras":
-        rho = 7.0
         return (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     if kind == "exponential":
         return np.exp(np.log(s_max) + ramp * (np.log(s_min) - np.log(s_max)))
@@ -99,7 +103,7 @@ def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, 
                timesteps=None, sigmas=None, final_sigmas_type: str = "zero", steps_offset: int = 0,
                flow_shift: float = 1.0, mu: float | None = None, time_shift_type: str = "exponential",
                shift_terminal: float | None = None, sigma_min: float | None = None, sigma_max: float | None = None,
-               last_timestep: int | None = None) -> np.ndarray:
+               karras_rho: float = 7.0, last_timestep: int | None = None) -> np.ndarray:
     """Model times of the evaluation points plus the terminal time, shape (N + 1,), float64.
 
     ``sigma_min`` / ``sigma_max`` bound the sigma-based grids (diffusers' names); ``last_timestep`` bounds
@@ -150,7 +154,7 @@ def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, 
         if isinstance(schedule, VPDiscrete) and n > schedule.num_train_timesteps:
             raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={schedule.num_train_timesteps}")
         times = _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type,
-                           shift_terminal, sigma_min, sigma_max, last_timestep)
+                           shift_terminal, sigma_min, sigma_max, last_timestep, karras_rho)
     if not (np.all(np.isfinite(times)) and np.all(np.diff(times) < 0)):
         raise ValueError(f"the grid is not finite and strictly decreasing (check flow_shift, mu, sigma_min / "
                          f"sigma_max): model times {np.round(times, 4).tolist()[:8]}")
@@ -161,7 +165,7 @@ def build_grid(schedule: NoiseSchedule, num_inference_steps: int | None = None, 
 
 
 def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_shift_type, shift_terminal=None,
-               sigma_min=None, sigma_max=None, last_timestep=None) -> np.ndarray:
+               sigma_min=None, sigma_max=None, last_timestep=None, karras_rho=7.0) -> np.ndarray:
     def shifted(sigma):
         if not flow:
             return sigma
@@ -191,7 +195,7 @@ def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_sh
     s_hi = s_hi if sigma_max is None else sigma_max
     s_lo = s_lo if sigma_min is None else sigma_min
     top = schedule.grid_sigma(np.array([schedule.t_max]))[0]
-    if not (s_lo < s_hi <= top):
+    if not (s_lo < s_hi <= top * (1 + 1e-9)):
         raise ValueError(f"sigma_min={s_lo:g} / sigma_max={s_hi:g} must satisfy sigma_min < sigma_max <= {top:g} "
                          f"(the schedule's largest sigma)")
     if spacing == "logsnr":
@@ -199,5 +203,5 @@ def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_sh
         return schedule.t_of_lambda(np.linspace(lam_hi, lam_lo, n))
     if n == 1:
         return schedule.t_of_grid_sigma(np.array([s_hi]))
-    times = schedule.t_of_grid_sigma(_sigma_grid(spacing, float(s_hi), float(s_lo), n))
+    times = schedule.t_of_grid_sigma(_sigma_grid(spacing, float(s_hi), float(s_lo), n, karras_rho))
     return np.clip(times, schedule.t_min, schedule.t_max)  # round-off of the sigma -> t inversion

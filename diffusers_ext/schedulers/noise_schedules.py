@@ -176,3 +176,33 @@ class FlowMatching(NoiseSchedule):
 
     def t_of_grid_sigma(self, s):
         return np.asarray(s, dtype=np.float64) * self.scale
+
+
+class EDM(NoiseSchedule):
+    """Variance-exploding schedule of EDM (arXiv 2206.00364): x = x_0 + sigma eps (alpha = 1), sigma in
+    [sigma_min, sigma_max], model time c_noise = log(sigma) / 4 (diffusers' EDM schedulers' timesteps).
+
+    ``sigma_data`` is the preconditioning constant: the network's raw output F gives the data prediction
+    c_skip x + c_out F (``predictions.conversion``), and its input is scaled by c_in = 1 / sqrt(sigma^2 +
+    sigma_data^2) (the scheduler's ``scale_model_input``)."""
+
+    kind = "edm"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
+        if not 0.0 < sigma_min < sigma_max:
+            raise ValueError(f"EDM needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if not sigma_data > 0.0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+        self.t_max, self.t_min, self.t_clean = 0.25 * math.log(sigma_max), 0.25 * math.log(sigma_min), -math.inf
+
+    def alpha_sigma(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return np.ones_like(t), np.exp(4.0 * t)
+
+    def t_of_lambda(self, lam):
+        return -0.25 * np.asarray(lam, dtype=np.float64)  # lambda = -log(sigma)
+
+    def alpha_sigma_of_lambda(self, lam):
+        lam = np.asarray(lam, dtype=np.float64)
+        return np.ones_like(lam), np.exp(-lam)

@@ -34,6 +34,7 @@ class Grid:
     alpha: np.ndarray
     sigma: np.ndarray
     lam: np.ndarray
+    sigma_data: float | None = None  # EDM preconditioning of the model output (``predictions.conversion``)
 
     @classmethod
     def from_times(cls, schedule: NoiseSchedule, t: np.ndarray) -> Grid:
@@ -41,7 +42,7 @@ class Grid:
         alpha, sigma = schedule.alpha_sigma(t)
         with np.errstate(divide="ignore"):
             lam = np.log(alpha) - np.log(sigma)
-        return cls(t=t, alpha=alpha, sigma=sigma, lam=lam)
+        return cls(t=t, alpha=alpha, sigma=sigma, lam=lam, sigma_data=getattr(schedule, "sigma_data", None))
 
     @property
     def num_steps(self) -> int:
@@ -82,8 +83,9 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
     table = np.zeros((n_steps, n_rows, first_hist + K * (1 + records_samples)))
     slots = np.zeros(n_steps, dtype=np.int64)
     a, s = grid.alpha[:n_steps], grid.sigma[:n_steps]
-    cx_m, co_m = conversion(output_type, target, a, s)
-    cx_d, co_d = conversion(output_type, "data", a, s)
+    edm = grid.sigma_data if output_type != "sample" else None  # "sample": an already preconditioned x0
+    cx_m, co_m = conversion(output_type, target, a, s, edm)
+    cx_d, co_d = conversion(output_type, "data", a, s, edm)
 
     def fold(row: np.ndarray, lin, i: int, n: int) -> None:
         """Add ``lin``'s coefficients for step i into ``row`` (conversions folded, M(k) mapped to slots)."""
@@ -132,7 +134,7 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
     row_columns = [sorted(set(np.nonzero(np.any(table[begin:, r] != 0, axis=0))[0].tolist())) for r in range(n_rows)]
     anchor_coeffs = None
     if uses_anchor:
-        cx_n, co_n = conversion(output_type, "noise", a[begin:begin + 1], s[begin:begin + 1])
+        cx_n, co_n = conversion(output_type, "noise", a[begin:begin + 1], s[begin:begin + 1], edm)
         anchor_coeffs = np.array([cx_n[0], co_n[0]])
         if not np.all(np.isfinite(anchor_coeffs)):
             raise ValueError(f"The first step (t={grid.t[begin]:g}) has no finite noise prediction for a "

@@ -8,7 +8,8 @@ B(h) = hh (bh1) or expm1(hh) (bh2), a step of order p from s0 to t through earli
 with r_k = (lambda_sk - lambda_s0) / h and rho the solution of R rho = b, R_jk = r_k^j,
 b_j = j! h_phi_(j+1) / B(h) (Algorithm 2 of the paper; noise prediction swaps alpha for sigma). UniC reuses
 the model output at t as an extra point (r = 1) to correct x_t before the next predictor, so it costs no
-extra model call. Warm-up and ``lower_order_final`` follow diffusers' UniPCMultistepScheduler.
+extra model call. Warm-up and ``lower_order_final`` follow diffusers' UniPCMultistepScheduler; a step whose
+order is undefined (into sigma = 0, where h = inf makes every r_k = 0 and R singular) lowers its order.
 """
 
 from __future__ import annotations
@@ -41,16 +42,20 @@ def unipc_weights(lam: np.ndarray, s0: int, t: int, earlier: list[int], order: i
         b.append(h_phi_k * math.factorial(j) / b_h)
         h_phi_k = h_phi_k / hh - 1.0 / math.factorial(j + 1)
     R, b = np.array(R), np.array(b)
+    undefined = np.full(max(order - (not corrector), 0), np.nan)  # the caller lowers the order
     if not (np.all(np.isfinite(R)) and np.all(np.isfinite(b))):
-        return h_phi_1, b_h, rks, np.full(max(order - (not corrector), 0), np.nan)
-    if corrector:
-        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
-    elif order == 1:
-        rhos = np.zeros(0)
-    elif order == 2:
-        rhos = np.array([0.5])
-    else:
-        rhos = np.linalg.solve(R[:-1, :-1], b[:-1])
+        return h_phi_1, b_h, rks, undefined
+    try:
+        if corrector:
+            rhos = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
+        elif order == 1:
+            rhos = np.zeros(0)
+        elif order == 2:
+            rhos = np.array([0.5])
+        else:
+            rhos = np.linalg.solve(R[:-1, :-1], b[:-1])
+    except np.linalg.LinAlgError:  # coinciding r_k: a step into sigma = 0 (h = inf) gives r_k = 0 for all k
+        return h_phi_1, b_h, rks, undefined
     return h_phi_1, b_h, rks, rhos
 
 

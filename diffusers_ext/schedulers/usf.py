@@ -42,15 +42,24 @@ def h_phi(k: int, h: float, prediction: str) -> float:
     return psi
 
 
+def scaled_h_phi(k: int, h: float, prediction: str) -> float:
+    """h phi_k = h^k phi_k / h^(k-1), the weight of h^(k-1) D_(k-1); its limit 1 / (k-1)! at h = inf for a data
+    step from alpha = 0 (lambda = -inf, a flow grid's sigma = 1)."""
+    if math.isinf(h) and prediction == "data":
+        return 1.0 / math.factorial(k - 1)
+    return h_phi(k, h, prediction) / h ** (k - 1)
+
+
 def relaxation_factor(relaxation, h: float, prediction: str) -> float:
     """The factor on D_1: 1 + c h for a number c, or a hand-designed solver's (arXiv 2211.01095, 2302.04867):
-    phi_1 / (2 phi_2) (DPM-Solver-2, UniPC bh2), 1 / (2 phi_2) (UniPC bh1)."""
+    phi_1 / (2 phi_2) (DPM-Solver-2, UniPC bh2), 1 / (2 phi_2) (UniPC bh1); limits at h = inf as
+    ``scaled_h_phi``."""
     if not isinstance(relaxation, str):
-        return 1.0 + float(relaxation) * h
-    phi2 = h_phi(2, h, prediction) / h**2
+        return 1.0 + float(relaxation) * h if relaxation else 1.0
+    h_phi2 = scaled_h_phi(2, h, prediction)  # h phi_2
     if relaxation in ("dpm-solver-2", "unipc-bh2"):
-        return 0.5 * (h_phi(1, h, prediction) / h) / phi2
-    return 0.5 / phi2  # unipc-bh1
+        return 0.5 * h_phi(1, h, prediction) / h_phi2
+    return 0.5 * h / h_phi2  # unipc-bh1
 
 
 def derivative_weights(deltas: np.ndarray) -> np.ndarray:
@@ -159,13 +168,16 @@ class USFScheduler(SolverScheduler):
         x_t = x_t + (scale * h_phi(1, h, prediction)) * f_s
         for k in range(1, order):
             points = point_sets[k - 1]
-            weights = derivative_weights(np.array([grid.lam[p] - grid.lam[s] for p in points]))[k - 1]
+            # h^k D_k from r_a = delta_a / h: r = 1 at t itself, also for h = inf; r = +-inf (a point at
+            # lambda = -inf seen from a finite s) gives weight 0; inf / inf (from s at lambda = -inf) is undefined
+            r = np.array([1.0 if p == t else (grid.lam[p] - grid.lam[s]) / h for p in points])
+            weights = np.full(len(points), np.nan) if np.isnan(r).any() else derivative_weights(r)[k - 1]
             d_k = Lin()
             for w, p in zip(weights, points):
                 d_k = d_k + w * (out(p) - f_s)
             if k == 1:
                 d_k = relaxation_factor(relaxation, h, prediction) * d_k
-            x_t = x_t + (scale * h_phi(k + 1, h, prediction)) * d_k
+            x_t = x_t + (scale * scaled_h_phi(k + 1, h, prediction)) * d_k
         return x_t
 
     def step_rule(self, grid: Grid, i: int, n: int) -> StepRule:
@@ -175,14 +187,21 @@ class USFScheduler(SolverScheduler):
             prev: StepDecision = decisions[i - 1]
             sets = [[i - 1 - j for j in points] + [i] for points in prev.derivative_points]
             sets.append(sets[-1] if sets else [i])
-            x_c = self._taylor_step(grid, SAVED, i - 1, i, prev.prediction, prev.order + 1, sets,
-                                    prev.corrector_relaxation, seen_from=i)
+            corrected = self._taylor_step(grid, SAVED, i - 1, i, prev.prediction, prev.order + 1, sets,
+                                          prev.corrector_relaxation, seen_from=i)
+            # with a point at alpha = 0 (a flow grid's sigma = 1, lambda = -inf) the corrector may be undefined
+            # (noise prediction, bh1, a polynomial through lambda = -inf): skipped then, as UniPCScheduler does
+            touched = [i - 1] + [p for points in sets for p in points]
+            if corrected.is_finite() or np.all(np.isfinite(grid.lam[touched])):
+                x_c = corrected
         d = decisions[i]
         if not np.isfinite(grid.lam[i + 1]) and (d.order > 1 or d.prediction != "data"):
             raise ScheduleError(f"step {i} ends at sigma = 0 (lambda = inf), where only an order-1 data-prediction "
                                 f"step is finite; got order {d.order}, {d.prediction} prediction")
+        # at alpha = 0 the noise prediction is the sample itself: the (order-1, step 0) step is a data step there
+        prediction = "data" if grid.alpha[i] == 0.0 else d.prediction
         sets = [[i - j for j in points] for points in d.derivative_points]
-        x_next = self._taylor_step(grid, x_c, i, i + 1, d.prediction, d.order, sets, d.relaxation, seen_from=i)
+        x_next = self._taylor_step(grid, x_c, i, i + 1, prediction, d.order, sets, d.relaxation, seen_from=i)
         return StepRule(x_next, saved_next=x_c if self.uses_saved_sample else None)
 
 
@@ -214,9 +233,10 @@ def load_shipped_schedule(name: str) -> dict:
 
 def hand_designed_schedule(solver: str, timesteps, lower_order_final: bool = True, prediction: str = "data") -> dict:
     """A hand-designed solver as a USF schedule on ``timesteps`` (model times, steps + 1, ending clean):
-    "ddim", "dpm++2m", "unipc-bh1" / "unipc-bh2" (order 2, UniC corrector), with diffusers' warm-up and,
-    below 15 steps, its lower-order final step. ``prediction="noise"``: UniPC's noise-prediction form (its
-    step into sigma = 0 stays a data step, as in UniPC)."""
+    "ddim", "dpm++2m", "unipc-bh1" / "unipc-bh2" (order 2, UniC corrector), with diffusers' warm-up and its
+    first-order step into sigma = 0 (``lower_order_final=False`` keeps order 2 there, which USFScheduler rejects).
+    ``prediction="noise"``: UniPC's noise-prediction form (its step into sigma = 0 stays a data step, as in
+    UniPC; at alpha = 0, a flow grid's sigma = 1, USFScheduler takes the data step too)."""
     solvers = ("ddim", "dpm++2m", "unipc-bh1", "unipc-bh2")
     if solver not in solvers:
         raise ValueError(f"Unknown hand-designed solver {solver!r}; valid choices: {solvers}")
@@ -226,7 +246,7 @@ def hand_designed_schedule(solver: str, timesteps, lower_order_final: bool = Tru
     steps = []
     for i in range(n):
         order = 1 if solver == "ddim" or i == 0 else 2
-        if lower_order_final and n < 15 and i == n - 1:
+        if lower_order_final and i == n - 1:  # into sigma = 0, as diffusers' DPM-Solver++ and UniPC at any n
             order = 1
         relaxation = "dpm-solver-2" if solver == "dpm++2m" else (solver if solver.startswith("unipc") else 0.0)
         step = {"prediction": "data" if i == n - 1 else prediction, "order": order,
