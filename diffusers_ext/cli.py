@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+DEFAULT_SWEEP = ("dpm++2m", "unipc", "deis", "diffusers:DPMSolverMultistepScheduler")
 DEMO_SCHEDULERS = ("dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "diffusers:DDIMScheduler:clip_sample=false",
                    "diffusers:DPMSolverMultistepScheduler", "diffusers:UniPCMultistepScheduler",
                    "diffusers:DEISMultistepScheduler")
@@ -36,22 +37,32 @@ def _demo(args) -> int:
     return 0
 
 
+def _scheduler_specs(args) -> list[str]:
+    """``--scheduler`` (repeatable, one spec each) and ``--schedulers`` (comma list), or the default list."""
+    from .eval.sweep import split_specs
+
+    specs = list(args.scheduler or []) + (split_specs(args.schedulers) if args.schedulers else [])
+    return specs or list(DEFAULT_SWEEP)
+
+
 def _sweep(args) -> int:
     from pathlib import Path
 
-    from .eval.sweep import _distributed, plot, run_sweep, summarize, summary_table
+    from .eval.sweep import _distributed, default_out, metric_label, plot, run_sweep, summarize, summary_table
 
-    rows = run_sweep(args.model, args.schedulers.split(","), [int(n) for n in args.nfe.split(",") if n.strip()],
+    out = args.out or default_out(args.model)
+    rows = run_sweep(args.model, _scheduler_specs(args), [int(n) for n in args.nfe.split(",") if n.strip()],
                      guidances=[float(g) for g in args.guidance.split(",")],
-                     seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples, out=args.out,
+                     seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples, out=out,
                      cache_dir=args.cache_dir, reference=args.reference, extractor=args.extractor)
     if _distributed()[0] != 0:
         return 0
-    summary = summarize(rows)
+    summary, label = summarize(rows), metric_label(rows)
+    print(f"{args.model}: {label} (lower is better)\n")
     print(summary_table(summary))
-    png = Path(args.out).with_suffix(".png")
-    plot(summary, png, rows[0]["metric"] if rows else "metric")
-    print(f"results: {args.out}  plot: {png}")
+    png = Path(out).with_suffix(".png")
+    plot(summary, png, label)
+    print(f"results: {out}  plot: {png}")
     return 0
 
 
@@ -61,7 +72,9 @@ def _fid(args) -> int:
     result = fid(args.input1, args.input2, extractor=args.extractor, inception_weights=args.inception_weights,
                  cache_dir=args.cache_dir)
     if args.kid_prc:
-        result.update(kid_and_precision_recall(args.input1, args.input2, args.extractor, args.inception_weights))
+        extra = kid_and_precision_recall(args.input1, args.input2, args.extractor, args.inception_weights)
+        unbiased = extra.pop("kid_mean")  # the squared MMD is >= 0; its unbiased estimate can fall below
+        result.update(kid_mean=max(unbiased, 0.0), kid_unbiased_estimate=unbiased, **extra)
     print(json.dumps(result))
     return 0
 
@@ -69,20 +82,26 @@ def _fid(args) -> int:
 def _train_digits(args) -> int:
     from pathlib import Path
 
-    from .models.digits.classifier import train_classifier
-    from .models.digits.train import train_digits_unet
+    from .models.digits import classifier, train
 
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    epochs = args.classifier_epochs if args.classifier_epochs is not None else train.classifier_epochs_for(args.steps)
+    if epochs < 1:
+        raise ValueError(f"--classifier-epochs must be >= 1, got {epochs}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_digits_unet(out, steps=args.steps, seed=args.seed)
-    _, accuracy = train_classifier(out / "classifier.safetensors", seed=args.seed)
-    print(json.dumps({"out": str(out), "classifier_test_accuracy": accuracy}))
+    train.train_digits_unet(out, steps=args.steps, seed=args.seed)
+    _, accuracy = classifier.train_classifier(out / "classifier.safetensors", epochs=epochs, seed=args.seed)
+    print(json.dumps({"out": str(out), "classifier_epochs": epochs, "classifier_test_accuracy": accuracy}))
     return 0
 
 
 def _calibrate_dc(args) -> int:
+    from pathlib import Path
+
     from .eval.gmm_accuracy import make_scheduler
-    from .eval.sweep import MODELS, load_pipeline_folder, parse_scheduler
+    from .eval.sweep import MODELS, default_out, load_pipeline_folder, parse_scheduler
     from .search import calibrate_dc_grid, fit_cpr
 
     nfes = [int(n) for n in args.nfe.split(",") if n.strip()]
@@ -111,7 +130,9 @@ def _calibrate_dc(args) -> int:
         kwargs["scheduler"] = cls.from_config(model.scheduler.config, **overrides)
         if args.prompt:
             kwargs["conditioning"] = [args.prompt[i % len(args.prompt)] for i in range(args.samples)]
-    calibrations = calibrate_dc_grid(model, nfes, guidances, out=args.out, **kwargs)
+    model_key = args.model if args.model in MODELS else str(Path(args.model).resolve())
+    out = args.out or default_out(args.model, "dc_calibration")
+    calibrations = calibrate_dc_grid(model, nfes, guidances, out=out, model_key=model_key, **kwargs)
     for (n, g), cal in calibrations.items():
         gain = 1.0 - sum(cal.loss_calibrated) / max(sum(cal.loss_at_one), 1e-30)
         print(json.dumps({"nfe": n, "guidance": g, "ratios": [round(r, 4) for r in cal.ratios],
@@ -127,6 +148,7 @@ def _calibrate_dc(args) -> int:
 def _search(args) -> int:
     import torch
 
+    from .eval.sweep import default_out
     from .schedulers import USFScheduler
     from .search import DigitsFIDObjective, EndpointObjective, s3_search
 
@@ -156,14 +178,15 @@ def _search(args) -> int:
     else:
         raise SystemExit(f"Unknown model {args.model!r}; valid choices: digits, gmm")
     noise_schedule = USFScheduler.from_config(config or {}).noise_schedule
+    out = args.out or default_out(args.model, "usf_schedule", "json")
     result = s3_search(objective, noise_schedule, args.nfe, args.budget, predictor=not args.plain,
-                       archive=args.archive, seed=args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+                       archive=args.archive or default_out(args.model, "s3_archive"), seed=args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(result.best, f, indent=1)
     print(json.dumps({"nfe": args.nfe, "objective": objective_name, "hand_designed_best": result.seed_best_value,
                       "searched": result.best_value, "model_evaluations": result.evaluations,
-                      "schedules_evaluated": len(result.archive), "schedule": args.out}))
+                      "schedules_evaluated": len(result.archive), "schedule": out}))
     return 0
 
 
@@ -201,43 +224,80 @@ def _quantize(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _short_names() -> str:
+    from .eval.sweep import SHORT_NAMES
+
+    return ", ".join(f"{name} ({path}{''.join(f' {k}={v}' for k, v in opts.items())})"
+                     for name, (path, opts) in SHORT_NAMES.items())
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import __version__
+    from .results_log import ResultsFileBusy
+
     parser = argparse.ArgumentParser(prog="diffusers-ext", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="GMM accuracy and a digits FID sweep: ours against diffusers' built-ins")
+
+    def command(name: str, text: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter, **kw)
+
+    demo = command("demo", "GMM accuracy and a digits FID sweep: ours against diffusers' built-ins")
     demo.add_argument("--nfe", default="", help="comma-separated NFEs (default 3,4,5,6,8,10,15,20)")
     demo.add_argument("--samples", type=int, default=256, help="number of noise samples")
     demo.add_argument("--out", default="results", help="output folder (JSON, JSONL, PNG)")
     demo.add_argument("--digits-samples", type=int, default=500, help="digits samples per sweep cell")
     demo.add_argument("--gmm-only", action="store_true", help="skip the digits sweep")
     demo.set_defaults(func=_demo)
-    sweep = sub.add_parser("sweep", help="schedulers x NFE x guidance x seeds; resumable JSONL results, table, plot")
+    sweep = command("sweep", "schedulers x NFE x guidance x seeds; resumable JSONL results, table, plot",
+                    epilog=f"Scheduler specs: NAME[:key=value,key=value...] where NAME is a short name, one of our "
+                    f"scheduler classes (e.g. DPMSolverPPScheduler) or diffusers:ClassName. Short names: "
+                    f"{_short_names()}. Example: --scheduler dpm++2m --scheduler "
+                    f"'DPMSolverPPScheduler:solver_order=3,third_order_taylor=true'.")
     sweep.add_argument("--model", default="digits", help="digits, gmm, or a local diffusers pipeline folder")
-    sweep.add_argument("--reference", default=None, help="real images (PNG folder or stats file) for a pipeline folder")
-    sweep.add_argument("--extractor", default="digits-cnn", help="FID features: digits-cnn or inception-v3-compat")
-    sweep.add_argument("--schedulers", default="dpm++2m,unipc,deis,diffusers:DPMSolverMultistepScheduler",
-                       help="comma-separated scheduler specs (name[:key=value...], diffusers:ClassName)")
+    sweep.add_argument("--reference", default=None, help="real images (PNG folder or statistics file) for FID: "
+                       "required for a pipeline folder; digits: the train split unless given")
+    sweep.add_argument("--extractor", default="digits-cnn", help="FID features (digits and pipeline folders): "
+                       "digits-cnn or inception-v3-compat")
+    sweep.add_argument("--scheduler", action="append", default=None, metavar="SPEC",
+                       help="one scheduler spec, options included (repeatable); see the list below; default: "
+                       + ",".join(DEFAULT_SWEEP))
+    sweep.add_argument("--schedulers", default=None, metavar="SPEC,SPEC",
+                       help="comma-separated specs; an item key=value continues the previous spec's options")
     sweep.add_argument("--nfe", default="5,10,20", help="comma-separated NFEs")
     sweep.add_argument("--guidance", default="1", help="comma-separated guidance scales")
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
     sweep.add_argument("--samples", type=int, default=500, help="samples per cell")
-    sweep.add_argument("--out", default="results/sweep.jsonl")
+    sweep.add_argument("--out", default=None, help="JSONL results (default results/sweep_<model>.jsonl; the plot "
+                       "next to it)")
     sweep.add_argument("--cache-dir", default="results/stats-cache", help="reference statistics cache")
     sweep.set_defaults(func=_sweep)
-    fid = sub.add_parser("fid", help="FID between two PNG folders (or a folder and a statistics file)")
+    fid = command("fid", "FID between two PNG folders (or a folder and a statistics file)")
     fid.add_argument("input1")
     fid.add_argument("input2")
     fid.add_argument("--extractor", default="digits-cnn", help="digits-cnn or inception-v3-compat")
     fid.add_argument("--inception-weights", default=None, help="path to torch-fidelity's Inception weights")
     fid.add_argument("--cache-dir", default=None, help="cache statistics here (keyed by data and weights hash)")
-    fid.add_argument("--kid-prc", action="store_true", help="also KID and precision/recall (two image inputs)")
+    fid.add_argument("--kid-prc", action="store_true", help="also KID and precision/recall (two image inputs); "
+                     "kid_mean is max(0, kid_unbiased_estimate), as the squared MMD is never below 0")
     fid.set_defaults(func=_fid)
-    train = sub.add_parser("train-digits", help="train the embedded digits UNet and classifier (seeded)")
+    train = command("train-digits", "train the embedded digits UNet and classifier (seeded)")
     train.add_argument("--out", default="digits-weights", help="output folder (pipeline + classifier.safetensors)")
     train.add_argument("--steps", type=int, default=8000, help="UNet training steps")
+    train.add_argument("--classifier-epochs", type=int, default=None,
+                       help="classifier epochs (default: in proportion to --steps, 60 at 8000)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_train_digits)
-    cal = sub.add_parser("calibrate-dc", help="DC-Solver ratios per (NFE, guidance); resumable JSONL; CPR fit")
+    cal = command("calibrate-dc", "DC-Solver ratios per (NFE, guidance); resumable JSONL; CPR fit")
     cal.add_argument("--model", default="digits", help="digits, gmm, or a local diffusers pipeline folder")
     cal.add_argument("--scheduler", default="DCSolverScheduler",
                      help="DCSolverScheduler, UniPCScheduler or DPMSolverPPScheduler (predictor-only), with options")
@@ -248,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--reference-steps", type=int, default=200, help="steps of the reference solve")
     cal.add_argument("--iterations", type=int, default=20, help="AdamW iterations per step")
     cal.add_argument("--seed", type=int, default=0, help="seed of the calibration noises")
-    cal.add_argument("--out", default="results/dc_calibration.jsonl", help="JSONL, one line per (NFE, guidance)")
+    cal.add_argument("--out", default=None, help="JSONL, one line per (NFE, guidance) (default "
+                     "results/dc_calibration_<model>.jsonl)")
     cal.add_argument("--cpr-out", default=None, help="fit a CPR to the grid and write its config (JSON) here")
     cal.set_defaults(func=_calibrate_dc)
-    search = sub.add_parser("search", help="S^3 search of a USF solver schedule for one NFE; resumable archive")
+    search = command("search", "S^3 search of a USF solver schedule for one NFE; resumable archive")
     search.add_argument("--model", default="digits", help="digits or gmm")
     search.add_argument("--nfe", type=int, default=5)
     search.add_argument("--budget", type=int, default=300000, help="model evaluations (samples x calls)")
@@ -260,12 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--guidance", type=float, default=1.0)
     search.add_argument("--plain", action="store_true", help="plain evolution (no ranking predictor)")
     search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--archive", default="results/s3_archive.jsonl", help="evaluated schedules (JSONL; resumes)")
-    search.add_argument("--out", default="results/usf_schedule.json", help="the best schedule (JSON)")
+    search.add_argument("--archive", default=None, help="evaluated schedules (JSONL; resumes; default "
+                        "results/s3_archive_<model>.jsonl)")
+    search.add_argument("--out", default=None,
+                        help="the best schedule (JSON; default results/usf_schedule_<model>.json)")
     search.add_argument("--cache-dir", default="results/stats-cache", help="reference statistics cache")
     search.set_defaults(func=_search)
-    quant = sub.add_parser("quantize", help="quantize the digits UNet (FP8/FP4/INT weights and activations), "
-                           "calibrated along the sampling trajectory; packed safetensors")
+    quant = command("quantize", "quantize the digits UNet (FP8/FP4/INT weights and activations), calibrated along "
+                    "the sampling trajectory; packed safetensors")
     quant.add_argument("--model", default="digits", help="digits (Python API: any torch model)")
     quant.add_argument("--weights", default="fp8_e4m3", help="weight format (fp8_e4m3, fp4_e2m1, int8, int4, ...)")
     quant.add_argument("--activations", default="fp8_e4m3", help="activation format, or none")
@@ -279,7 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     quant.add_argument("--out", default="results/digits_quantized.safetensors")
     quant.set_defaults(func=_quantize)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, ResultsFileBusy) as err:  # bad input: the message, no traceback
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted; finished results are saved, rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

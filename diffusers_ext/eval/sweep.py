@@ -118,10 +118,10 @@ def load_done(path: Path) -> dict[str, dict]:
     return {r.get("key") or Cell(r["scheduler"], r["nfe"], r["guidance"], r["seed"]).key(): r for r in rows}
 
 
-def default_out(model: str) -> str:
-    """``results/sweep_<model>.jsonl`` (a pipeline folder by its folder name)."""
+def default_out(model: str, kind: str = "sweep", ext: str = "jsonl") -> str:
+    """``results/<kind>_<model>.<ext>``, e.g. ``results/sweep_gmm.jsonl`` (a pipeline folder by its name)."""
     name = model if model in MODELS else Path(model).resolve().name
-    return f"results/sweep_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.jsonl"
+    return f"results/{kind}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.{ext}"
 
 
 @functools.lru_cache(maxsize=16)

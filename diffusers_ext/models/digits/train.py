@@ -13,9 +13,17 @@ from tqdm.auto import tqdm
 from .data import load_digits
 from .pipeline import NULL_CLASS, DigitsPipeline, make_unet
 
+DEFAULT_STEPS = 8000
+CLASSIFIER_EPOCHS = 60  # at DEFAULT_STEPS
 
-def train_digits_unet(out_dir: str | Path | None = None, steps: int = 8000, batch_size: int = 128, lr: float = 1e-3,
-                      label_dropout: float = 0.1, ema_decay: float = 0.999, seed: int = 0,
+
+def classifier_epochs_for(steps: int) -> int:
+    """Classifier epochs in proportion to the UNet's training steps (60 at 8000 steps, at least 1)."""
+    return max(1, round(CLASSIFIER_EPOCHS * steps / DEFAULT_STEPS))
+
+
+def train_digits_unet(out_dir: str | Path | None = None, steps: int = DEFAULT_STEPS, batch_size: int = 128,
+                      lr: float = 1e-3, label_dropout: float = 0.1, ema_decay: float = 0.999, seed: int = 0,
                       progress: bool = True) -> DigitsPipeline:
     """Train on the train split; returns (and, with ``out_dir``, saves) a DigitsPipeline with the EMA weights."""
     if steps < 1 or batch_size < 1:
