@@ -410,3 +410,30 @@ def test_step_once_too_often():
         sched.step(MODEL(x, t).sample, t, x)
     sched.set_timesteps(4)  # a new run works
     assert torch.isfinite(run_sampler(sched, MODEL, _x())).all()
+
+
+# ----------------------------------------------------------------------------------- item 9: README recipes
+def test_readme_recipes_for_diffusers_exact_grids():
+    """The README's table: how to get diffusers' grids where ours differ by convention."""
+    ref = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True)
+    ref.set_timesteps(6)
+    mine = DPMSolverPPScheduler.from_config(ref.config)
+    mine.set_timesteps(6)
+    assert not torch.equal(mine.timesteps.double(), ref.timesteps.double())  # fractional here
+    mine.set_timesteps(timesteps=ref.timesteps)
+    assert mine.timesteps.tolist() == ref.timesteps.tolist()
+
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    ref.set_timesteps(6)
+    mine = UniPCScheduler.from_config(ref.config)
+    mine.set_timesteps(6)
+    assert not np.allclose(mine.sigmas.numpy(), ref.sigmas.numpy(), atol=1e-3)
+    mine.set_timesteps(sigmas=np.linspace(1, ref.sigma_min, 6))
+    np.testing.assert_allclose(mine.sigmas.numpy(), ref.sigmas.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mine.timesteps.numpy(), ref.timesteps.numpy(), rtol=1e-6)
+
+    ref = diffusers.DEISMultistepScheduler()
+    ref.set_timesteps(6)
+    mine = DEISScheduler.from_config(ref.config, final_sigmas_type="sigma_min")
+    mine.set_timesteps(6)
+    assert mine.sigmas[-1] == pytest.approx(float(ref.sigmas[-1]), rel=1e-6) and mine.sigmas[-1] > 0
