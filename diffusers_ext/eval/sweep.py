@@ -114,8 +114,13 @@ def parse_scheduler(spec: str) -> tuple[str, dict]:
 def load_done(path: Path) -> dict[str, dict]:
     """Rows of a JSONL results file by their identity ``key`` (a torn last line from a killed run is ignored;
     rows written before keys existed are listed by their cell and never match a cell's key)."""
-    rows = read_rows(path)
-    return {r.get("key") or Cell(r["scheduler"], r["nfe"], r["guidance"], r["seed"]).key(): r for r in rows}
+    done = {}
+    for r in read_rows(path):
+        if "key" in r:
+            done[r["key"]] = r
+        elif {"scheduler", "nfe", "guidance", "seed"} <= r.keys():
+            done[Cell(r["scheduler"], r["nfe"], r["guidance"], r["seed"]).key()] = r
+    return done
 
 
 def default_out(model: str, kind: str = "sweep", ext: str = "jsonl") -> str:
