@@ -68,6 +68,23 @@ def test_from_config_of_every_saved_diffusers_config(tmp_path, ours, source):
     assert torch.isfinite(x).all()
 
 
+@pytest.mark.parametrize("ours", [DPMSolverPPScheduler, UniPCScheduler, DEISScheduler, DCSolverScheduler])
+def test_wan_style_unipc_flow_config_into_every_family(tmp_path, ours):
+    """Wan / LTX save UniPCMultistep with flow sigmas: every family follows the flow schedule."""
+    config = saved_config(tmp_path, "UniPCMultistepScheduler", use_flow_sigmas=True, flow_shift=5.0,
+                          prediction_type="flow_prediction", beta_schedule="linear", beta_start=0.0001,
+                          beta_end=0.02)
+    theirs = diffusers.UniPCMultistepScheduler.from_config(config)
+    cls, kw = _ours(ours)
+    mine = cls.from_config(config, **kw)
+    assert mine.config.use_flow_sigmas and mine.config.flow_shift == 5.0
+    theirs.set_timesteps(8)
+    mine.set_timesteps(8)
+    np.testing.assert_allclose(mine.sigmas.numpy(), theirs.sigmas.numpy(), atol=2e-3)  # grid convention: README
+    flow = GaussianMixtureDenoiser(schedule=mine.noise_schedule, prediction_type="flow_prediction")
+    assert torch.isfinite(run_sampler(mine, flow, _x())).all()
+
+
 @pytest.mark.parametrize("source,kwargs,expected", [
     ("DPMSolverMultistepScheduler", {"solver_type": "heun"}, "tab"),
     ("DPMSolverMultistepScheduler", {"solver_type": "midpoint"}, "tab"),
