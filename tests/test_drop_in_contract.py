@@ -2,6 +2,7 @@
 pipelines reloaded, strict keywords, diffusers' public attributes, refused schedules and range checks
 (issue 12, items 1-5 and 7)."""
 
+import inspect
 import math
 
 import diffusers
@@ -213,8 +214,57 @@ def test_unknown_keyword_is_a_type_error(cls):
 
 def test_from_config_ignores_foreign_keys_as_diffusers_does(tmp_path):
     config = saved_config(tmp_path, "DDIMScheduler", clip_sample=False)
-    sched, unused = DPMSolverPPScheduler.from_config(config, return_unused_kwargs=True)
-    assert "clip_sample" not in sched.config
+    sched, unused = DPMSolverPPScheduler.from_config(config, return_unused_kwargs=True, use_karras_sigmas=True)
+    theirs, theirs_unused = diffusers.DPMSolverMultistepScheduler.from_config(config, return_unused_kwargs=True,
+                                                                               use_karras_sigmas=True)
+    assert sched.config.clip_sample == theirs.config.clip_sample is False  # kept hidden, not an option
+    assert "clip_sample" not in inspect.signature(DPMSolverPPScheduler.__init__).parameters
+    public = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+    assert public(unused) == public(theirs_unused) and sched.config.use_karras_sigmas
+    _, unused = DPMSolverPPScheduler.from_config(config, return_unused_kwargs=True, not_an_option=1)
+    _, theirs_unused = diffusers.DPMSolverMultistepScheduler.from_config(config, return_unused_kwargs=True,
+                                                                          not_an_option=1)
+    assert public(unused) == public(theirs_unused) and unused["not_an_option"] == 1
+
+
+def test_configs_from_memory_read_as_from_disk(tmp_path):
+    """diffusers drops an in-memory config's defaulted keys; a schedule must not be lost that way."""
+    for name in ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "CogVideoXDDIMScheduler",
+                 "DEISMultistepScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler"):
+        source = getattr(diffusers, name)()
+        source.save_pretrained(tmp_path / name)
+        for ours in (DPMSolverPPScheduler, DEISScheduler):
+            from_memory = ours.from_config(source.config)
+            from_disk = ours.from_pretrained(tmp_path / name)
+            options = inspect.signature(ours.__init__).parameters
+            mine = lambda c: {k: v for k, v in c.items() if k in options}  # noqa: E731
+            assert mine(from_memory.config) == mine(from_disk.config), (name, ours)
+    # a minimal hub-style file: what it leaves out is its class's default
+    minimal = {"_class_name": "EDMEulerScheduler", "prediction_type": "v_prediction"}
+    sched = DPMSolverPPScheduler.from_config(minimal)
+    assert sched.config.sigma_data == 0.5 and sched.init_noise_sigma == pytest.approx((80.0**2 + 1) ** 0.5)
+
+
+def test_stable_audio_cosine_scheduler_is_refused():
+    config = {"_class_name": "CosineDPMSolverMultistepScheduler", "prediction_type": "v_prediction",
+              "sigma_data": 1.0, "sigma_max": 500.0, "sigma_min": 0.3, "sigma_schedule": "exponential"}
+    with pytest.raises(ValueError, match="atan"):
+        DPMSolverPPScheduler.from_config(config)
+
+
+def test_saved_configs_are_strict_json(tmp_path):
+    import json
+
+    for cls in (DPMSolverPPScheduler, UniPCScheduler, DEISScheduler):
+        cls().save_pretrained(tmp_path / cls.__name__)
+        text = (tmp_path / cls.__name__ / "scheduler_config.json").read_text()
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_thresholding_numbers_are_checked_only_with_thresholding():
+    DPMSolverPPScheduler(dynamic_thresholding_ratio=1.5, sample_max_value=0.5)  # as diffusers: unused
+    with pytest.raises(ValueError, match="dynamic_thresholding_ratio"):
+        DPMSolverPPScheduler(thresholding=True, dynamic_thresholding_ratio=1.5)
 
 
 def test_lambda_min_clipped_as_diffusers():
@@ -391,10 +441,10 @@ def test_rescale_zero_snr_with_default_linear_betas():
     ({"steps_offset": 1000}, "steps_offset must be an integer in"),
     ({"flow_shift": 0.0}, "flow_shift must be > 0"),
     ({"flow_shift": -2.0}, "flow_shift must be > 0"),
-    ({"dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio must be in"),
+    ({"dynamic_thresholding_ratio": 1.5, "thresholding": True}, "dynamic_thresholding_ratio must be in"),
     ({"sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min=5.0 must be below sigma_max"),
     ({"shift_terminal": 0.1}, "shift_terminal is only defined for flow matching"),
-    ({"lambda_min_clipped": float("nan")}, "lambda_min_clipped must be a number"),
+    ({"lambda_min_clipped": float("nan")}, "lambda_min_clipped must be None or a number"),
 ])
 def test_out_of_range_config_numbers(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -79,7 +79,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     # sigma in [sigma_min, sigma_max] (defaults 0.002, 80), on a sigma_schedule grid ("karras" / "exponential")
     "sigma_data": None,
     "sigma_schedule": None,
-    "lambda_min_clipped": -math.inf,  # time grids of discrete schedules start below this log-SNR clip
+    "lambda_min_clipped": None,  # time grids of discrete schedules start below this log-SNR clip (None/-inf: none)
     # solver
     "solver_order": 2,
     "lower_order_final": True,
@@ -115,9 +115,6 @@ def _make_init(options: dict[str, Any]):
     return register_to_config(__init__)
 
 
-TRAINING_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                          "rescale_betas_zero_snr", "snr_shift_scale")
-
 # Keys of diffusers schedulers that define a noise schedule or model-time convention this core does not
 # implement, with the value that is harmless: a config holding another value is refused, never replaced by
 # a DDPM schedule.
@@ -126,10 +123,16 @@ UNSUPPORTED_SCHEDULE_KEYS: dict[str, tuple[Any, str]] = {
     "timestep_type": ("discrete", "continuous (0.25 log sigma) model times"),
 }
 
+# diffusers classes whose configs look like a supported schedule but whose model time is another function
+UNSUPPORTED_CLASSES = {
+    "CosineDPMSolverMultistepScheduler": "its model time is atan(sigma) * 2 / pi (Stable Audio), not EDM's "
+                                         "log(sigma) / 4",
+}
 
 OTHER_DIFFUSERS_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "LCMScheduler",
                               "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "EDMEulerScheduler",
-                              "EDMDPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler", "TCDScheduler")
+                              "EDMDPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler", "TCDScheduler",
+                              "CosineDPMSolverMultistepScheduler")
 
 
 def infer_config_class(config: dict) -> str | None:
@@ -146,13 +149,31 @@ def infer_config_class(config: dict) -> str | None:
     return None
 
 
+def _diffusers_class(name: str | None) -> type | None:
+    """diffusers' scheduler class of that name (None if unknown or a missing-dependency placeholder)."""
+    import diffusers
+
+    klass = getattr(diffusers, name, None) if name else None
+    return klass if isinstance(klass, type) and issubclass(klass, SchedulerMixin) else None
+
+
+def _init_defaults(klass: type | None) -> dict[str, Any]:
+    if klass is None:
+        return {}
+    params = inspect.signature(klass.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "self"}
+
+
 def _all_subclasses(klass: type) -> list[type]:
     return [k for sub in klass.__subclasses__() for k in (sub, *_all_subclasses(sub))]
 
 
-def refuse_unsupported_schedule(config: dict, scheduler_name: str) -> None:
+def refuse_unsupported_schedule(config: dict, scheduler_name: str, source: str | None = None) -> None:
     """Raise ValueError when ``config`` asks for a noise schedule this core does not implement."""
-    source = config.get("_class_name", "the config")
+    if source in UNSUPPORTED_CLASSES:
+        raise ValueError(f"{scheduler_name} cannot follow {source}: {UNSUPPORTED_CLASSES[source]}. Keep the "
+                         f"pipeline's own scheduler.")
+    source = source or "the config"
     for key, (harmless, what) in UNSUPPORTED_SCHEDULE_KEYS.items():
         if key in config and config[key] != harmless:
             raise ValueError(
@@ -228,23 +249,26 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         if config is None:
             return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         config = dict(config)
-        refuse_unsupported_schedule(config, cls.__name__)
         source = config.get("_class_name") or infer_config_class(config)
+        # a minimal file names only what differs from its class's defaults: those defaults are its schedule
+        for key, value in _init_defaults(_diffusers_class(source)).items():
+            config.setdefault(key, value)
+        refuse_unsupported_schedule(config, cls.__name__, source)
         if str(source or "").startswith("FlowMatch") or ("shift" in config and "beta_schedule" not in config):
             config.setdefault("use_flow_sigmas", True)
             config.setdefault("prediction_type", "flow_prediction")
             config.setdefault("flow_shift", config.get("shift", 1.0))
-            used = config.get("_use_default_values")
-            if used:
-                config["_use_default_values"] = [k for k in used if k not in ("use_flow_sigmas", "prediction_type",
-                                                                               "flow_shift")]
+        ours = _init_defaults(cls)
         if source is not None and source != cls.__name__ and source not in cls.config_family:
-            for key in [k for k in config if k not in COMMON_OPTIONS and not k.startswith("_")]:
+            # another family's word for one of our solver options means something else: take our default
+            # (keys we do not have are left to diffusers, which keeps them hidden in the config)
+            for key in [k for k in config if k in ours and k not in COMMON_OPTIONS]:
                 config.pop(key)
-            # the model's training schedule is carried even where the source class used its own default
-            if config.get("_use_default_values"):
-                config["_use_default_values"] = [k for k in config["_use_default_values"]
-                                                 if k not in TRAINING_SCHEDULE_KEYS]
+        # diffusers drops the keys an in-memory config took from its class's defaults; keep those whose value
+        # differs from ours (a schedule, a grid), so a config in memory reads as the same config on disk
+        if config.get("_use_default_values"):
+            config["_use_default_values"] = [k for k in config["_use_default_values"]
+                                             if k not in ours or config.get(k) == ours[k]]
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _setup(self) -> None:
@@ -295,9 +319,10 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         need(isinstance(cfg.steps_offset, numbers.Integral) and 0 <= cfg.steps_offset < T,
              f"steps_offset must be an integer in [0, num_train_timesteps={T}), got {cfg.steps_offset!r}")
         need(cfg.flow_shift > 0 and math.isfinite(cfg.flow_shift), f"flow_shift must be > 0, got {cfg.flow_shift}")
-        need(0.0 < cfg.dynamic_thresholding_ratio <= 1.0,
-             f"dynamic_thresholding_ratio must be in (0, 1], got {cfg.dynamic_thresholding_ratio}")
-        need(cfg.sample_max_value >= 1.0, f"sample_max_value must be >= 1, got {cfg.sample_max_value}")
+        if cfg.thresholding:
+            need(0.0 < cfg.dynamic_thresholding_ratio <= 1.0,
+                 f"dynamic_thresholding_ratio must be in (0, 1], got {cfg.dynamic_thresholding_ratio}")
+            need(cfg.sample_max_value >= 1.0, f"sample_max_value must be >= 1, got {cfg.sample_max_value}")
         need(cfg.snr_shift_scale > 0 and math.isfinite(cfg.snr_shift_scale),
              f"snr_shift_scale must be > 0, got {cfg.snr_shift_scale}")
         if cfg.shift_terminal is not None:
@@ -309,8 +334,10 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         if cfg.sigma_min is not None and cfg.sigma_max is not None:
             need(cfg.sigma_min < cfg.sigma_max, f"sigma_min={cfg.sigma_min} must be below sigma_max={cfg.sigma_max}")
         need(cfg.rho > 0 and math.isfinite(cfg.rho), f"rho (the Karras exponent) must be > 0, got {cfg.rho}")
-        need(not math.isnan(cfg.lambda_min_clipped), "lambda_min_clipped must be a number (default -inf)")
-        if math.isfinite(cfg.lambda_min_clipped):
+        clip = cfg.lambda_min_clipped
+        need(clip is None or (isinstance(clip, numbers.Real) and not math.isnan(clip)),
+             f"lambda_min_clipped must be None or a number, got {clip!r}")
+        if clip is not None and math.isfinite(clip):
             need(cfg.noise_schedule == "discrete" and not cfg.use_flow_sigmas,
                  "lambda_min_clipped applies to discrete VP schedules (beta_schedule) only")
 
@@ -390,7 +417,7 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
 
     def _last_timestep(self) -> int | None:
         """diffusers' ``lambda_min_clipped``: time grids start below the first t whose log-SNR falls under it."""
-        if not math.isfinite(self.config.lambda_min_clipped):
+        if self.config.lambda_min_clipped is None or not math.isfinite(self.config.lambda_min_clipped):
             return None
         T = self.config.num_train_timesteps
         lam = self.noise_schedule.lambda_(np.arange(T, dtype=np.float64))
