@@ -98,10 +98,8 @@ def _train_digits(args) -> int:
 
 
 def _calibrate_dc(args) -> int:
-    from pathlib import Path
-
     from .eval.gmm_accuracy import make_scheduler
-    from .eval.sweep import MODELS, default_out, load_pipeline_folder, parse_scheduler
+    from .eval.sweep import MODELS, default_out, load_pipeline_folder, model_identity, parse_scheduler
     from .search import calibrate_dc_grid, fit_cpr
 
     nfes = [int(n) for n in args.nfe.split(",") if n.strip()]
@@ -130,7 +128,7 @@ def _calibrate_dc(args) -> int:
         kwargs["scheduler"] = cls.from_config(model.scheduler.config, **overrides)
         if args.prompt:
             kwargs["conditioning"] = [args.prompt[i % len(args.prompt)] for i in range(args.samples)]
-    model_key = args.model if args.model in MODELS else str(Path(args.model).resolve())
+    model_key = model_identity(args.model)  # name or resolved path, and a fingerprint of the weights
     out = args.out or default_out(args.model, "dc_calibration")
     calibrations = calibrate_dc_grid(model, nfes, guidances, out=out, model_key=model_key, **kwargs)
     for (n, g), cal in calibrations.items():

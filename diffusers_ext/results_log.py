@@ -4,9 +4,10 @@ A run killed mid-write leaves at most a torn last line, which readers skip and w
 re-running a sweep or a calibration loses at most the unit in flight.
 
 Rows are reused only when their ``key`` (``identity``: a SHA-256 of the canonical JSON of everything that
-changes the result) matches. Writers hold an advisory lock (``fcntl.flock`` on a sidecar ``<file>.lock``, never
-deleted), so two processes never write the same file at once: a whole run refuses to start while another
-holds it (``ResultsFileBusy``); a single ``append_row`` waits for it.
+changes the result; files and folders by their ``fingerprint``) matches. Writers hold an advisory lock
+(``fcntl.flock`` on a sidecar ``<file>.lock``, never deleted), so two processes never write the same file at
+once: a whole run refuses to start while another holds it (``ResultsFileBusy``); a single ``append_row`` waits
+for it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class ResultsFileBusy(RuntimeError):
     """Another process holds the lock of a results file."""
 
 
-_HELD: dict[str, int] = {}  # lock file -> descriptor, for the locks this process holds
+_HELD: dict[str, tuple[int, int]] = {}  # lock file -> (pid, descriptor) of the locks this process holds
+SMALL_FILE_BYTES = 64 << 10  # ``fingerprint`` hashes files up to this size; larger ones by size and mtime
 
 
 def canonical(value, depth: int = 0):
@@ -71,6 +73,23 @@ def scheduler_identity(scheduler) -> dict:
     return {"class": type(scheduler).__name__, "config": canonical(config)}
 
 
+def fingerprint(path: str | os.PathLike, content: bool = False) -> str:
+    """A fingerprint of a file or a folder (every file under it, by relative path) that changes when a file is
+    added, removed or rewritten: the SHA-256 of each file up to ``SMALL_FILE_BYTES`` (of every file if
+    ``content``), the size and modification time (ns) of larger ones. FileNotFoundError if ``path`` is missing."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    entries = []
+    for file in files:
+        stat = file.stat()
+        small = content or stat.st_size <= SMALL_FILE_BYTES
+        entries.append([file.relative_to(root).as_posix() if file != root else ".",
+                        hashlib.sha256(file.read_bytes()).hexdigest() if small else [stat.st_size, stat.st_mtime_ns]])
+    return identity(entries)
+
+
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
@@ -84,7 +103,7 @@ def exclusive(path: str | Path, wait: bool = False) -> Iterator[None]:
     lock = _lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     key = str(lock.resolve())
-    if key in _HELD:
+    if _HELD.get(key, (None,))[0] == os.getpid():  # a forked child copies _HELD but does not hold the lock
         yield
         return
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -94,7 +113,7 @@ def exclusive(path: str | Path, wait: bool = False) -> Iterator[None]:
         os.close(fd)
         raise ResultsFileBusy(f"another process is writing {path} (it holds {lock}); wait for it to finish or "
                               "choose another output file (--out / --archive)") from None
-    _HELD[key] = fd
+    _HELD[key] = (os.getpid(), fd)
     try:
         yield
     finally:

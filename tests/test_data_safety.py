@@ -154,3 +154,133 @@ def test_a_held_file_is_refused_and_appends_never_mix(tmp_path):
     lines = (tmp_path / "a.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]  # every line is one whole row
     assert sorted((r["writer"], r["i"]) for r in rows) == sorted((w, i) for w in "ab" for i in range(100))
+
+
+# ---------------------------------------------------------------------------------------------- content of paths
+def _save_pipeline(folder, seed):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+
+
+def test_retraining_into_the_model_folder_or_new_reference_images_recomputes(tmp_path):
+    from diffusers_ext.eval.fid import save_pngs
+    from diffusers_ext.models.digits import load_digits, to_uint8
+
+    out, pipe, real = tmp_path / "p.jsonl", tmp_path / "pipe", tmp_path / "real"
+    _save_pipeline(pipe, 0)
+    images = to_uint8(load_digits("test")[0][:40])
+    save_pngs(images, real)
+
+    def run():
+        return sw.run_sweep(str(pipe), ["unipc"], [2], num_samples=12, out=out, reference=real, progress=False)[0]
+
+    first = run()
+    assert run() == first and len(read_rows(out)) == 1  # nothing changed: reused
+    _save_pipeline(pipe, 1)  # retrained into the same folder
+    retrained = run()
+    assert len(read_rows(out)) == 2 and retrained["value"] != first["value"]
+    save_pngs(images.flip(0), real)  # the same file names, other images
+    new_reference = run()
+    assert len(read_rows(out)) == 3 and new_reference["value"] != retrained["value"]
+
+
+def test_changed_shipped_digits_weights_recompute(tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from diffusers_ext.models import digits
+    from diffusers_ext.search import DigitsFIDObjective
+    from diffusers_ext.search.s3 import objective_identity
+
+    weights = tmp_path / "weights"
+    shutil.copytree(digits.WEIGHTS_DIR, weights)
+    monkeypatch.setattr(digits, "WEIGHTS_DIR", weights)
+    out = tmp_path / "d.jsonl"
+    first = _gmm(out, model="digits", num_samples=20)[0]
+    objective = objective_identity(DigitsFIDObjective(num_samples=10))
+    unet = weights / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v * 1.01 for k, v in load_file(unet).items()}, unet)  # another package version's weights
+    changed = _gmm(out, model="digits", num_samples=20)[0]
+    assert len(read_rows(out)) == 2 and changed["value"] != first["value"]
+    assert objective_identity(DigitsFIDObjective(num_samples=10)) != objective
+
+
+def _rank_worker(rank, port, out, queue):
+    import os
+
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    try:
+        _gmm(out, num_samples=4)
+        queue.put((rank, "done"))
+    except ResultsFileBusy as err:
+        queue.put((rank, f"busy: {err}"))
+
+
+def test_a_held_file_stops_every_rank_of_a_distributed_sweep(tmp_path):
+    """Two gloo ranks (as torchrun starts them) on a file another process writes: both raise ResultsFileBusy
+    (before, rank 0 raised and rank 1 went on alone: into the collectives of a digits sweep, a hang)."""
+    import socket
+
+    ctx = mp.get_context("fork")  # children inherit the imports (spawn re-imports torch: ~10 s)
+    out, queue = tmp_path / "s.jsonl", ctx.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with exclusive(out):
+        ranks = [ctx.Process(target=_rank_worker, args=(r, port, out, queue)) for r in range(2)]
+        for p in ranks:
+            p.start()
+        results = dict(queue.get(timeout=60) for _ in ranks)
+        for p in ranks:
+            p.join(30)
+    assert results == {r: f"busy: another process is writing {out} (it holds {out}.lock); wait for it to finish "
+                       "or choose another output file (--out / --archive)" for r in range(2)}
+    assert not out.exists()
+
+
+def _try_lock(out, queue):
+    try:
+        with exclusive(out):
+            queue.put("entered")
+    except ResultsFileBusy:
+        queue.put("busy")
+
+
+def test_a_forked_child_does_not_share_its_parents_lock(tmp_path):
+    ctx = mp.get_context("fork")
+    out, queue = tmp_path / "s.jsonl", ctx.Queue()
+    with exclusive(out):
+        child = ctx.Process(target=_try_lock, args=(out, queue))
+        child.start()
+        assert queue.get(timeout=30) == "busy"  # the parent still writes the file
+        child.join(30)
+    child = ctx.Process(target=_try_lock, args=(out, queue))
+    child.start()
+    assert queue.get(timeout=30) == "entered"
+    child.join(30)
+
+
+def test_dc_calibration_of_a_retrained_pipeline_folder_recomputes(tmp_path):
+    from diffusers_ext.cli import main
+    from diffusers_ext.eval.sweep import load_pipeline_folder
+    from diffusers_ext.search.calibrate_dc import calibration_settings
+
+    pipe, out = tmp_path / "pipe", tmp_path / "cal.jsonl"
+    argv = ["calibrate-dc", "--model", str(pipe), "--nfe", "3", "--samples", "1", "--reference-steps", "6",
+            "--iterations", "1", "--out", str(out)]
+    _save_pipeline(pipe, 0)
+    settings = calibration_settings(load_pipeline_folder(pipe))  # the Python API: the folder, not only its name
+    assert main(argv) == 0 and main(argv) == 0 and len(read_rows(out)) == 1  # resumed
+    _save_pipeline(pipe, 1)  # retrained into the same folder
+    assert calibration_settings(load_pipeline_folder(pipe)) != settings
+    assert main(argv) == 0 and len(read_rows(out)) == 2
+    first, second = read_rows(out)
+    assert first["loss_at_one"] != second["loss_at_one"]

@@ -130,6 +130,59 @@ def test_inception_weights_with_the_expected_hash_are_accepted(tmp_path, monkeyp
     assert fidmod.inception_weights_path(path) == path
 
 
+class _StandInInception(nn.Module):
+    """A stand-in for torch-fidelity's Inception (the real file is 95 MB): features = flattened pixels @ W, with
+    W loaded from the weights file it is given."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__()
+        self.weight = torch.load(feature_extractor_weights_path, weights_only=True)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "2048"
+
+    def forward(self, x):
+        return (x[:, :, :8, :8].reshape(len(x), -1).float() @ self.weight,)
+
+
+def test_inception_weights_are_hashed_once_per_file_version(tmp_path, monkeypatch):
+    import hashlib
+
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    monkeypatch.setitem(FEATURE_EXTRACTORS_REGISTRY, fidmod.INCEPTION, _StandInInception)
+    path, first, second = tmp_path / "weights.pth", torch.randn(192, 2048), torch.randn(192, 2048)
+    torch.save(first, path)
+    monkeypatch.setattr(fidmod, "INCEPTION_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    hashed, real_sha256 = [], hashlib.sha256
+
+    def counting_sha256(data=b"", **kwargs):
+        if data == path.read_bytes():
+            hashed.append(len(data))
+        return real_sha256(data, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+    images = _digits()[0][:20]
+    expected = images.expand(-1, 3, -1, -1).reshape(20, -1).float() @ first
+    stats = fidmod.statistics(images, fidmod.INCEPTION, inception_weights=path, cache_dir=tmp_path / "cache")
+    assert stats["mu"] == pytest.approx(expected.mean(0).numpy(), rel=1e-5, abs=1e-3)
+    for _ in range(2):
+        assert np.allclose(fidmod.extract_features(images, fidmod.INCEPTION, path), expected.numpy())
+    assert len(hashed) == 1  # one read and hash for the cache key and both extractions
+    stat = path.stat()
+    torch.save(second, path)  # other bytes, same size and time: what loads is still the verified copy
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert np.allclose(fidmod.extract_features(images, fidmod.INCEPTION, path), expected.numpy())
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new version: checked again, refused
+    with pytest.raises(ValueError, match="is not torch-fidelity's Inception weights file"):
+        fidmod.extract_features(images, fidmod.INCEPTION, path)
+    monkeypatch.setattr(fidmod, "INCEPTION_SHA256", real_sha256(path.read_bytes()).hexdigest())
+    expected = images.expand(-1, 3, -1, -1).reshape(20, -1).float() @ second
+    assert np.allclose(fidmod.extract_features(images, fidmod.INCEPTION, path), expected.numpy())
+
+
 # ------------------------------------------------------------------------------------------- quantized files
 def _model(seed=0):
     torch.manual_seed(seed)

@@ -9,13 +9,18 @@ extractor's feature dimension.
 Extractors: ``digits-cnn`` (the embedded classifier) and ``inception-v3-compat`` with weights from a
 user path or torch's hub cache; without either, a clear error (no download is attempted). The Inception
 weights are a pickle (torch-fidelity loads them with ``weights_only=False``, which can run code), so their
-SHA-256 is checked against torch-fidelity's file before anything loads them.
+SHA-256 is checked against torch-fidelity's file before anything loads them. A process reads, checks and
+loads each weights file once per version (path, size, mtime_ns); what it loads is a private copy of the
+checked bytes.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,9 +53,20 @@ def _how_to_provide_inception(cache_dir: Path) -> str:
             f"or place that file in torch's hub cache ({cache_dir}); or use --extractor {DIGITS_CNN}")
 
 
-def _read_inception_weights(user_path=None) -> tuple[Path, bytes]:
-    """The Inception weights file (the user's, else torch's hub cache; never a download) and its bytes, which
-    must have torch-fidelity's SHA-256 (checked before anything unpickles them)."""
+_VERIFIED: dict[tuple[str, int, int], Path] = {}  # (path, size, mtime_ns) -> private copy of the checked bytes
+_EXTRACTORS: dict[tuple, torch.nn.Module] = {}  # (extractor, class, weights file, size, mtime_ns) -> extractor
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _verified_inception(user_path=None) -> tuple[Path, Path]:
+    """(the Inception weights file, a private copy of its bytes whose SHA-256 is torch-fidelity's). The file is
+    the user's, else torch's hub cache (never a download); it is read, checked and copied once per version
+    (path, size, mtime_ns) in this process, and only the private copy is ever unpickled, so the bytes loaded are
+    the bytes checked even if the file changes later."""
     cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
     path = Path(user_path) if user_path is not None else cache_dir / INCEPTION_FILE
     if not path.is_file():
@@ -58,32 +74,56 @@ def _read_inception_weights(user_path=None) -> tuple[Path, bytes]:
             raise FileNotFoundError(f"--inception-weights {path} does not exist")
         raise FileNotFoundError(f"{INCEPTION} needs its weights and nothing is downloaded: "
                                 + _how_to_provide_inception(cache_dir))
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != INCEPTION_SHA256:
-        raise ValueError(f"{path} is not torch-fidelity's Inception weights file (SHA-256 {digest}, expected "
-                         f"{INCEPTION_SHA256}); refusing to load it, since it is a pickle that can run code. "
-                         + _how_to_provide_inception(cache_dir))
-    return path, data
+    key = _stat_key(path)  # taken before reading: a change during the read makes the next call check again
+    copy = _VERIFIED.get(key)
+    if copy is None or not copy.is_file():
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != INCEPTION_SHA256:
+            raise ValueError(f"{path} is not torch-fidelity's Inception weights file (SHA-256 {digest}, expected "
+                             f"{INCEPTION_SHA256}); refusing to load it, since it is a pickle that can run code. "
+                             + _how_to_provide_inception(cache_dir))
+        copy = _private_dir() / f"{os.getpid()}-{len(_VERIFIED)}-{INCEPTION_FILE}"
+        copy.write_bytes(data)
+        _VERIFIED[key] = copy
+    return path, copy
+
+
+@functools.lru_cache(maxsize=1)
+def _private_dir() -> Path:
+    """A folder only this process writes (mode 0700), removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="diffusers_ext-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def inception_weights_path(user_path: str | os.PathLike | None = None) -> Path:
-    """The verified Inception weights file: the user's, else torch's hub cache (see ``_read_inception_weights``)."""
-    return _read_inception_weights(user_path)[0]
+    """The verified Inception weights file: the user's, else torch's hub cache (see ``_verified_inception``)."""
+    return _verified_inception(user_path)[0]
 
 
-def _weights_file(extractor: str, inception_weights=None) -> Path:
+def extractor_fingerprint(extractor: str, inception_weights=None) -> str:
+    """What identifies an extractor's weights: the SHA-256 of the digits classifier (once per file version), the
+    fixed digest of torch-fidelity's Inception file (checked before use)."""
     if extractor == DIGITS_CNN:
         from ..models.digits import CLASSIFIER_PATH
 
-        return CLASSIFIER_PATH
+        return _file_digest(CLASSIFIER_PATH)
     if extractor == INCEPTION:
-        return inception_weights_path(inception_weights)
+        _verified_inception(inception_weights)
+        return INCEPTION_SHA256
     raise ValueError(f"Unknown extractor {extractor!r}; valid choices: {', '.join(EXTRACTORS)}")
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file, computed once per version (path, size, mtime_ns) in this process."""
+    key = _stat_key(path)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _DIGESTS[key]
 
 
 def load_images(source) -> torch.Tensor:
@@ -111,18 +151,25 @@ def save_pngs(images: torch.Tensor, folder, start: int = 0) -> None:
 
 
 def _feature_extractor(extractor: str, inception_weights=None) -> torch.nn.Module:
-    """torch-fidelity's extractor at its FID layer. Inception loads a private copy of the bytes whose hash was
-    checked, so the file cannot change between the check and torch-fidelity's unpickling."""
+    """torch-fidelity's extractor at its FID layer, loaded once per weights version in this process. Inception
+    loads the private copy of the bytes whose hash was checked (``_verified_inception``)."""
+    if extractor == INCEPTION:
+        weights = _verified_inception(inception_weights)[1]
+    elif extractor == DIGITS_CNN:
+        from ..models.digits import CLASSIFIER_PATH
+
+        weights = CLASSIFIER_PATH
+    else:
+        raise ValueError(f"Unknown extractor {extractor!r}; valid choices: {', '.join(EXTRACTORS)}")
     register()
-    with tempfile.TemporaryDirectory() as private:
-        if extractor == INCEPTION:
-            weights = Path(private) / INCEPTION_FILE
-            weights.write_bytes(_read_inception_weights(inception_weights)[1])
-        else:
-            weights = _weights_file(extractor)
-        cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
+    cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
+    key = (extractor, cls, *_stat_key(weights))
+    if key not in _EXTRACTORS:
+        for old in [k for k in _EXTRACTORS if k[0] == extractor]:  # one loaded version per extractor
+            del _EXTRACTORS[old]
         layer = cls.get_default_feature_layer_for_metric("fid")
-        return cls(extractor, [layer], feature_extractor_weights_path=str(weights)).eval()
+        _EXTRACTORS[key] = cls(extractor, [layer], feature_extractor_weights_path=str(weights)).eval()
+    return _EXTRACTORS[key]
 
 
 def extract_features(images: torch.Tensor, extractor: str = DIGITS_CNN, inception_weights=None,
@@ -151,7 +198,7 @@ def statistics(images, extractor: str = DIGITS_CNN, inception_weights=None, cach
     if cache_dir is not None:
         data = hashlib.sha256(f"{tuple(images.shape)} {images.dtype}\n".encode())
         data.update(images.contiguous().numpy().tobytes())
-        weights = _file_hash(_weights_file(extractor, inception_weights))
+        weights = extractor_fingerprint(extractor, inception_weights)[:16]
         key = Path(cache_dir) / f"{extractor}-{weights}-{data.hexdigest()[:16]}.safetensors"
         if key.is_file():
             return load_statistics(key, extractor)

@@ -1,10 +1,12 @@
 """Resumable sweeps: schedulers x NFE x guidance x seeds on a model, one JSONL line per finished cell.
 
-Re-running the same command skips the cells already in the JSONL file, so an interrupted sweep loses at
-most the cell in flight. A row is reused only when its ``key`` (a hash of everything that changes its value:
-model, metric, samples, extractor, reference, the scheduler's full config, NFE, guidance, seed) matches, and
-the file is locked while a sweep writes it. Metrics: ``gmm`` -> RMSE to the exact ODE endpoint; ``digits`` ->
-FID (digits-cnn features by default) against the digits train split.
+Re-running the same command skips the cells already in the JSONL file, so an interrupted sweep loses at most
+the cell in flight. A row is reused only when its ``key`` (a hash of everything that changes its value: model
+and a fingerprint of its weight files, metric, samples, extractor and its weights, reference and a fingerprint
+of its files, the scheduler's full config, NFE, guidance, seed) matches, and the file is locked while a sweep
+writes it (under several processes by rank 0, which tells every rank whether it got the lock). Metrics:
+``gmm`` -> RMSE to the exact ODE endpoint; ``digits`` -> FID (digits-cnn features by default) against the
+digits train split.
 
 Scheduler specs: a short name (``dpm++2m``, ``unipc``, ...), one of our classes (``DPMSolverPPScheduler``)
 or ``diffusers:ClassName``, each optionally followed by ``:key=value,key=value`` config options.
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..results_log import append_row, exclusive, identity, read_rows, scheduler_identity
+from ..results_log import ResultsFileBusy, append_row, exclusive, fingerprint, identity, read_rows, scheduler_identity
 from .gmm_accuracy import make_scheduler
 
 SHORT_NAMES = {
@@ -164,8 +166,42 @@ def _distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())  # NCCL: one each
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+@contextlib.contextmanager
+def _locked_rows(out: Path, world: int):
+    """Hold ``out``'s lock (rank 0, the one writer) for the block and yield its rows by key. Under several
+    processes rank 0 first broadcasts the outcome, so every rank either gets the same rows or raises the same
+    error (``ResultsFileBusy`` if another process writes the file) before any collective work starts."""
+    if world == 1:
+        with exclusive(out):
+            yield load_done(out)
+        return
+    import torch.distributed as dist
+
+    with contextlib.ExitStack() as stack:
+        message: list = [None]
+        failure = None
+        if dist.get_rank() == 0:
+            try:
+                stack.enter_context(exclusive(out))
+                message[0] = ("ok", load_done(out))
+            except Exception as err:  # noqa: BLE001 - every rank must learn of it, or the others hang
+                failure = err
+                message[0] = (type(err).__name__, str(err))
+        dist.broadcast_object_list(message, src=0)
+        status, payload = message[0]
+        if failure is not None:
+            raise failure
+        if status == "ResultsFileBusy":
+            raise ResultsFileBusy(payload)
+        if status != "ok":
+            raise RuntimeError(f"rank 0 could not open the results file {out}: {status}: {payload}")
+        yield payload
 
 
 class DigitsMetric:
@@ -253,18 +289,37 @@ def load_pipeline_folder(folder):
     return pipe
 
 
-def _reference_id(reference):
-    if reference is None:
-        return None
-    return str(Path(reference).resolve()) if isinstance(reference, (str, os.PathLike)) else reference
+def model_identity(model: str) -> dict:
+    """A model's name (a pipeline folder by its resolved path) and a fingerprint of its weights (the shipped
+    digits files by content; a folder's files as ``results_log.fingerprint``), as resume keys name it."""
+    if model == "gmm":  # closed form, defined by the code
+        return {"model": "gmm"}
+    if model == "digits":
+        from ..models import digits
+
+        return {"model": "digits", "model_fingerprint": fingerprint(digits.WEIGHTS_DIR, content=True)}
+    return {"model": str(Path(model).resolve()), "model_fingerprint": fingerprint(model)}
+
+
+def _reference_identity(reference) -> dict:
+    if not isinstance(reference, (str, os.PathLike)):
+        return {"reference": reference, "reference_fingerprint": None}  # None (the train split) or a tensor
+    if not Path(reference).exists():
+        raise FileNotFoundError(f"--reference {reference} does not exist: give a folder of PNG images or a "
+                                "statistics file")
+    return {"reference": str(Path(reference).resolve()), "reference_fingerprint": fingerprint(reference)}
 
 
 def sweep_context(model: str, num_samples: int, extractor: str, reference) -> dict:
-    """Everything besides the cell and its scheduler that changes a row's value (part of every row's key)."""
+    """Everything besides the cell and its scheduler that changes a row's value (part of every row's key): the
+    model and its weights, metric, samples, extractor (and its weights), reference (and its files)."""
     if model == "gmm":
-        return {"model": "gmm", "metric": "rmse", "num_samples": num_samples, "extractor": None, "reference": None}
-    return {"model": model if model in MODELS else str(Path(model).resolve()), "metric": "fid",
-            "num_samples": num_samples, "extractor": extractor, "reference": _reference_id(reference)}
+        return {**model_identity(model), "metric": "rmse", "num_samples": num_samples, "extractor": None,
+                "reference": None}
+    from .fid import extractor_fingerprint
+
+    return {**model_identity(model), "metric": "fid", "num_samples": num_samples, "extractor": extractor,
+            "extractor_fingerprint": extractor_fingerprint(extractor), **_reference_identity(reference)}
 
 
 def metric_label(rows: list[dict]) -> str:
@@ -285,9 +340,10 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     name, each a callable ``cell -> scheduler`` (for schedulers whose config depends on the cell, e.g. DC ratios
     calibrated per NFE and guidance).
 
-    A row is reused only if its ``key`` matches: a hash of the model, metric, sample count, extractor, reference,
-    the scheduler's class and full config, NFE, guidance and seed. The file is locked for the whole run
-    (``ResultsFileBusy`` if another process writes it)."""
+    A row is reused only if its ``key`` matches: a hash of ``sweep_context`` (the model, metric, sample count,
+    extractor, reference, with fingerprints of the files behind each), the scheduler's class and full config,
+    NFE, guidance and seed. The file is locked for the whole run (``ResultsFileBusy`` if another process writes
+    it; on every rank of a distributed run)."""
     from .fid import EXTRACTORS
 
     is_folder = model not in MODELS
@@ -328,9 +384,8 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
         key = identity({**context, "scheduler": sid, "nfe": cell.nfe, "guidance": cell.guidance, "seed": cell.seed})
         plan.append((cell, scheduler, sid, key))
     out = Path(out if out is not None else default_out(model))
-    rank = _distributed()[0]
-    with exclusive(out) if rank == 0 else contextlib.nullcontext():  # one writer: rank 0
-        done = load_done(out)
+    rank, world = _distributed()
+    with _locked_rows(out, world) as done:  # one writer: rank 0
         todo = [p for p in plan if p[3] not in done]
         metric = None
         if todo:

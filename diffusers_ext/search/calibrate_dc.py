@@ -23,12 +23,13 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..results_log import append_row, canonical, exclusive, identity, read_rows, scheduler_identity
+from ..results_log import append_row, canonical, exclusive, fingerprint, identity, read_rows, scheduler_identity
 from ..schedulers import DCSolverScheduler, DPMSolverPPScheduler
 from ..schedulers.compensation import DynamicCompensation
 from ..schedulers.cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
@@ -257,9 +258,13 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
 
 
 def _model_name(model) -> dict | str:
-    """A model's name for the resume key: a pipeline's class and ``_name_or_path``, a callable's qualified name."""
+    """A model's name for the resume key: a pipeline's class and ``_name_or_path`` (with a fingerprint of the
+    folder's files when it is a local folder), a callable's qualified name."""
     if hasattr(model, "components"):
-        return {"pipeline": type(model).__name__, "name_or_path": str(model.config.get("_name_or_path", ""))}
+        name = str(model.config.get("_name_or_path", ""))
+        local = bool(name) and Path(name).is_dir()
+        return {"pipeline": type(model).__name__, "name_or_path": str(Path(name).resolve()) if local else name,
+                "fingerprint": fingerprint(name) if local else None}
     return f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', type(model).__qualname__)}"
 
 

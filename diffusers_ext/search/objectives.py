@@ -41,11 +41,13 @@ class EndpointObjective:
 
 class DigitsFIDObjective:
     """digits-cnn FID of a schedule on the embedded digits model: ``num_samples`` samples (labels 0-9 in
-    turn) from the noises of ``seed``, against the train split."""
+    turn) from the noises of ``seed``, against the train split. ``weights`` (a fingerprint of the shipped
+    weight files) is part of its identity, so a search archive is not reused across other weights."""
 
     def __init__(self, num_samples: int = 300, guidance_scale: float = 1.0, seed: int = 0, cache_dir=None):
-        from ..eval.sweep import DigitsMetric
+        from ..eval.sweep import DigitsMetric, model_identity
 
+        self.weights = model_identity("digits")["model_fingerprint"]
         self.metric = DigitsMetric(num_samples, cache_dir)
         self.config = dict(self.metric.pipe.scheduler.config)
         self.num_samples, self.guidance_scale, self.seed = num_samples, float(guidance_scale), seed
