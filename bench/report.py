@@ -96,6 +96,122 @@ def quantization_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+GPU_GROUPS = ("correctness", "step_time", "cuda_graph", "compile", "fp8", "fhs")  # bench/gpu_check.py
+
+
+def _gpu_correctness(r: dict) -> list[str]:
+    kernel, theirs = r["triton_vs_torch"], r["vs_diffusers"]
+    dtypes = dict.fromkeys(x["dtype"] for x in kernel)
+    worst = {d: max(x["relative"] for x in kernel if x["dtype"] == d) for d in dtypes}
+    return [f"- **Triton vs torch path** ({len(dict.fromkeys(x['family'] for x in kernel))} families, "
+            f"{r['steps']} steps, the same inputs at every step): {sum(x['passed'] for x in kernel)} of {len(kernel)} "
+            "within tolerance; worst max |diff| / max |value|: " + ", ".join(f"{d} {v:.1e}" for d, v in worst.items())
+            + ".",
+            "- **Loops equal diffusers'** (fp32, relative L2): "
+            + ", ".join(f"{x['scheduler']} {x['relative_difference']:.1e}" for x in theirs)
+            + f" ({sum(x['passed'] for x in theirs)} of {len(theirs)} below {theirs[0]['tolerance']:.0e})."]
+
+
+def _gpu_step_time(r: dict) -> list[str]:
+    lines = ["", "| latent | dtype | scheduler | diffusers ms/step | ours ms/step | speedup | ours MB/step "
+             "| ours on the device ms | copy of those bytes ms | ours / copy | rel. difference |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['latent']} {'x'.join(map(str, x['shape']))} | {x['dtype']} | {x['scheduler']} | "
+                     f"{x['diffusers_step_ms']:.3f} | {x['ours_step_ms']:.3f} | **{x['speedup']:.2f}x** | "
+                     f"{x['ours_mb_per_step']:.1f} | {x['ours_device_step_ms']:.4f} | {x['copy_device_ms']:.4f} | "
+                     f"{x['ours_vs_copy']:.2f} | {x['relative_difference']:.1e} |")
+    goals = r["goals"]
+    met = sum(x["speedup"] >= goals["speedup_at_least"] for x in r["rows"])
+    near = sum(x["ours_vs_copy"] <= goals["ours_vs_copy_at_most"] for x in r["rows"])
+    return [f"- **Step time**: ms/step with CUDA events after a sync (what a pipeline waits), medians; on the "
+            f"device: {r['device_timing']}. {met} of {len(r['rows'])} rows at least {goals['speedup_at_least']:g}x "
+            f"faster than diffusers; {near} within {goals['ours_vs_copy_at_most']:g}x of a device copy moving the same "
+            "bytes.", *lines, ""]
+
+
+def _gpu_cuda_graph(r: dict) -> list[str]:
+    lines = []
+    for x in r["rows"]:
+        graphs = r.get("graph", "")
+        if "ours_graph_captured" in x:
+            ours = f"{x['ours_graph_loop_ms']:.2f} ms" if x["ours_graph_captured"] else x["ours_graph_error"]
+            theirs = f"captured, {x['diffusers_graph_loop_ms']:.2f} ms" if x["diffusers_graph_captured"] \
+                else f"not capturable ({x['diffusers_graph_error']})"
+            graphs = f"in one CUDA graph: ours {ours}, diffusers {theirs}"
+        lines.append(f"- **Sampling loop**, {x['scheduler']}, {x['steps']} steps, {'x'.join(map(str, x['shape']))} "
+                     f"{x['dtype']}: eager ours {x['ours_eager_loop_ms']:.2f} ms, diffusers "
+                     f"{x['diffusers_eager_loop_ms']:.2f} ms; host syncs per loop ours {x['ours_host_syncs_per_loop']} "
+                     f"({x['ours_host_syncs_with_begin_index']} after set_begin_index(0)), diffusers "
+                     f"{x['diffusers_host_syncs_per_loop']}; {graphs}.")
+    return lines
+
+
+def _gpu_compile(r: dict) -> list[str]:
+    return [f"- **torch.compile(step, fullgraph=True)** ({x['backend']}), {x['scheduler']} {x['dtype']}: "
+            f"{x['compiles_first_run']} compilations in the first run, {x['compiles_two_runs']} after two; "
+            f"{x['compiled_step_ms']:.3f} ms/step compiled, {x['eager_step_ms']:.3f} eager (first run "
+            f"{x['first_run_s']:.1f} s; rel. difference {x['relative_difference']:.1e})." for x in r["rows"]]
+
+
+def _gpu_fp8(r: dict) -> list[str]:
+    rows = r["rows"]
+    lines = [f"- **FP8 W8A8 Linear** ({rows[0]['path']}; times: {r['timing']}):", "",
+             "| features | tokens | FP8 rel. error | bf16 rel. error | bf16 ms | FP8 GEMM ms | W8A8 layer ms "
+             "| GEMM speedup | layer speedup |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {x['features']} | {x['tokens']} | {x['fp8_relative_error']:.1e} | {x['bf16_relative_error']:.1e} | "
+              f"{x['bf16_ms']:.3f} | {x['fp8_gemm_ms']:.3f} | {x['w8a8_layer_ms']:.3f} | {x['gemm_speedup']:.2f}x | "
+              f"{x['layer_speedup']:.2f}x |" for x in rows]
+    return [*lines, ""]
+
+
+def _gpu_fhs(r: dict) -> list[str]:
+    rows = {x["sampler"]: x for x in r["rows"]}
+    fhs, cached, uncached = rows["fhs"], rows["mdlm-cached"], rows["mdlm-uncached"]
+    return [f"- **First-Hitting vs MDLM**, vocabulary {fhs['vocab']:,}, length {fhs['length']}: FHS "
+            f"{fhs['seconds_median']:.2f} s ({fhs['model_calls']} calls); MDLM {cached['steps']} steps cached "
+            f"{cached['seconds_median']:.2f} s ({cached['model_calls']} calls), uncached "
+            f"{uncached['seconds_median']:.2f} s: **{r['speedup_vs_mdlm_cached']:.1f}x** / "
+            f"**{r['speedup_vs_mdlm_uncached']:.1f}x**."]
+
+
+def gpu_check_block(results: Path, device: str = "cuda") -> str | None:
+    """The step-cost-cuda block from ``bench/results/gpu_<group>_<device>.json`` (None if there are none)."""
+    loaded = {g: json.loads(p.read_text()) for g in GPU_GROUPS if (p := results / f"gpu_{g}_{device}.json").exists()}
+    if not loaded:
+        return None
+    first = next(iter(loaded.values()))
+    m = first["machine"]
+    lines = [f"Machine: {m.get('gpu') or m['processor'] or m['platform']}, torch {m['torch']}, CUDA {m['cuda']} "
+             "(`python bench/gpu_check.py`)."]
+    if first["dry_run"]:
+        lines.append("**Dry run on the CPU** (tiny sizes, Triton interpreter): a check of the script, not a "
+                     "measurement.")
+    lines.append("")
+    renderers = {"correctness": _gpu_correctness, "step_time": _gpu_step_time, "cuda_graph": _gpu_cuda_graph,
+                 "compile": _gpu_compile, "fp8": _gpu_fp8, "fhs": _gpu_fhs}
+    for group, result in loaded.items():
+        if "error" in result:
+            lines.append(f"- {group}: failed (see bench/results/gpu_{group}_{device}.json).")
+        elif "skipped" in result:
+            lines.append(f"- {group}: skipped, {result['skipped']}.")
+        else:
+            lines += renderers[group](result)
+    return "\n".join(lines).rstrip()
+
+
+def fill_cuda_block(readme: Path, results: Path, device: str = "cuda") -> bool:
+    """Write the gpu_check results into ``readme``'s step-cost-cuda block (in place); False if none exist."""
+    block = gpu_check_block(results, device)
+    if block is None:
+        return False
+    text = readme.read_text()
+    if "<!-- step-cost-cuda:start -->" not in text or "<!-- step-cost-cuda:end -->" not in text:
+        raise ValueError(f"{readme} has no <!-- step-cost-cuda:start/end --> markers")
+    readme.write_text(replace(text, "step-cost-cuda", block))
+    return True
+
+
 def replace(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
@@ -132,6 +248,7 @@ def main():
         if path.exists():
             text = replace(text, f"step-cost-{device}", step_cost_table(json.loads(path.read_text())))
     readme.write_text(text)
+    fill_cuda_block(readme, results)  # bench/gpu_check.py's results, where a GPU run wrote them
 
 
 if __name__ == "__main__":
