@@ -371,10 +371,10 @@ def step_time(sizes: Sizes, device: torch.device) -> dict:
             "goals": {"ours_vs_copy_at_most": 1.3, "speedup_at_least": 2.0}}
 
 
-def host_syncs(run) -> int | None:
+def host_syncs(run, device: torch.device) -> int | None:
     """Host-device synchronizations during ``run()`` (CUDA sync debug mode, one warning per sync); None on
     the CPU."""
-    if not torch.cuda.is_available():
+    if device.type != "cuda":
         return None
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
@@ -426,7 +426,7 @@ def cuda_graph(sizes: Sizes, device: torch.device) -> dict:
                 scheduler.set_timesteps(steps, device=device)
                 if begin is not None:
                     scheduler.set_begin_index(begin)
-                row[f"{label}_{key}"] = host_syncs(lambda s=scheduler: sample_loop(s, dummy_denoiser, x))
+                row[f"{label}_{key}"] = host_syncs(lambda s=scheduler: sample_loop(s, dummy_denoiser, x), device)
         rows.append(row)
     if device.type != "cuda":
         return {"rows": rows, "graph": "skipped: needs CUDA (CUDA graphs, sync debug mode)"}
