@@ -79,7 +79,9 @@ class QuantizedLayer(nn.Module):
         x = self.quantize_input(x)
         if self.kind == "linear":
             return F.linear(x, weight, bias)
-        return F.conv2d(x, weight, bias, **self.conv_options)
+        # one memory layout, hence one kernel: a channels-last input (diffusers' resnet shortcut in eval mode)
+        # would otherwise round differently in the last bit, which quantized inputs downstream amplify
+        return F.conv2d(x.contiguous(), weight, bias, **self.conv_options)
 
     # ------------------------------------------------------------------ real FP8 (CUDA, sm89+)
     def _real_fp8_available(self, x: torch.Tensor) -> bool:

@@ -145,7 +145,9 @@ def _checked_layer(model: nn.Module, name: str, info, tensors: dict[str, torch.T
 
 
 def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
-    """Quantize ``model`` (a float model of the same architecture) in place from a ``save_quantized`` file.
+    """Quantize ``model`` (a float model of the same architecture) in place from a ``save_quantized`` file and
+    return it in eval mode (a quantized model is for inference; diffusers' blocks run other kernels in training
+    mode, so the outputs would not be the saved model's bit for bit).
 
     Everything is checked first (metadata against the model and the tensors, codes, scales, the float tensors'
     names and shapes); on any mismatch a ValueError leaves ``model`` untouched."""
@@ -161,4 +163,4 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
     model.load_state_dict(tensors, strict=False)
     for name, layer in layers.items():
         _set_submodule(model, name, layer)
-    return model
+    return model.eval()

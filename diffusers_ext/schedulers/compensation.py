@@ -11,7 +11,8 @@ and what the history keeps (later steps and the next corrector see it), so in th
 one more linear combination of M(0), M(1), M(2).
 
 Ratios come from, in order: ``dc_ratios`` (one per step), ``dc_cpr`` (a fitted cascade polynomial
-regression, see ``cpr.py``, evaluated at the run's NFE and ``dc_guidance_scale``), else none (or, for
+regression, see ``cpr.py``: its config dict, a shipped name, or the path of a ``calibrate-dc --cpr-out`` file, whose
+contents the config then holds; evaluated at the run's NFE and ``dc_guidance_scale``), else none (or, for
 ``DCSolverScheduler``, all ones with a warning that it is uncalibrated).
 """
 
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .config_files import read_option_file
 from .cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
 from .plan import Grid
 from .step_rule import Lin, M
@@ -56,12 +58,25 @@ def compensated_output(grid: Grid, i: int, ratio: float, current: Lin | None = N
     return out
 
 
-def load_cpr(cpr: str | dict) -> CascadePolynomialRegression:
-    """A CPR from its config dict, or a shipped one by name (e.g. "digits")."""
-    if isinstance(cpr, str):
-        if cpr not in SHIPPED_CPR:
-            raise ValueError(f"Unknown shipped CPR {cpr!r}; valid names: {sorted(SHIPPED_CPR)} "
-                             f"(or pass the fitted coefficients as a dict)")
+CPR_CHOICES = (f"a shipped CPR name (valid names: {sorted(SHIPPED_CPR)}), the path of a JSON file written by "
+               f"`diffusers-ext calibrate-dc --cpr-out`, or its contents as a dict")
+
+
+def is_cpr_file(cpr) -> bool:
+    """True when ``cpr`` names a file (a path object, or a string that is no shipped name)."""
+    return isinstance(cpr, os.PathLike) or (isinstance(cpr, str) and cpr not in SHIPPED_CPR)
+
+
+def read_cpr_file(path: str | os.PathLike) -> dict:
+    """The CPR config in a ``calibrate-dc --cpr-out`` file, validated."""
+    return read_option_file("dc_cpr", path, CPR_CHOICES, CascadePolynomialRegression.from_config, "shipped CPR")
+
+
+def load_cpr(cpr: str | os.PathLike | dict) -> CascadePolynomialRegression:
+    """A CPR from its config dict, a shipped one by name (e.g. "digits"), or a ``--cpr-out`` file."""
+    if is_cpr_file(cpr):
+        cpr = read_cpr_file(cpr)
+    elif isinstance(cpr, str):
         with open(SHIPPED_CPR[cpr]) as f:
             cpr = json.load(f)
     return CascadePolynomialRegression.from_config(cpr)
@@ -76,7 +91,7 @@ class DynamicCompensation:
 
     family_options: ClassVar[dict[str, Any]] = {
         "dc_ratios": None,  # list, one ratio per step
-        "dc_cpr": None,  # CPR config dict, or a shipped CPR's name
+        "dc_cpr": None,  # CPR config dict, a shipped CPR's name, or a --cpr-out file (its contents are kept)
         "dc_guidance_scale": None,  # the guidance scale the CPR is evaluated at
     }
     always_compensate: ClassVar[bool] = False  # DCSolverScheduler: on even when uncalibrated (ratios 1)
@@ -91,13 +106,16 @@ class DynamicCompensation:
         return DC_POINTS - 1 if self.compensates else 0
 
     def validate_compensation(self) -> None:
-        cfg = self.config
-        if cfg.dc_ratios is not None:
-            ratios = np.asarray(cfg.dc_ratios, dtype=np.float64) if isinstance(cfg.dc_ratios, (list, tuple)) else None
+        """Check the ``dc_*`` options; a ``dc_cpr`` file is read here and its contents replace the path."""
+        dc_ratios = self.config.dc_ratios
+        if dc_ratios is not None:
+            ratios = np.asarray(dc_ratios, dtype=np.float64) if isinstance(dc_ratios, (list, tuple)) else None
             if ratios is None or ratios.ndim != 1 or not np.all(np.isfinite(ratios)):
-                raise ValueError(f"dc_ratios must be a list of finite numbers, one per step; got {cfg.dc_ratios!r}")
-        if cfg.dc_cpr is not None:
-            load_cpr(cfg.dc_cpr)  # validates
+                raise ValueError(f"dc_ratios must be a list of finite numbers, one per step; got {dc_ratios!r}")
+        if is_cpr_file(self.config.dc_cpr):
+            self.register_to_config(dc_cpr=read_cpr_file(self.config.dc_cpr))
+        if self.config.dc_cpr is not None:
+            load_cpr(self.config.dc_cpr)  # validates
 
     def resolve_ratios(self, num_steps: int) -> np.ndarray | None:
         """One ratio per step of a ``num_steps`` run, or None without compensation."""

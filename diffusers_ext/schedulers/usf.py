@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from .base import SolverScheduler
+from .config_files import read_option_file
 from .plan import Grid
 from .step_rule import SAVED, Lin, M, S, StepRule, X
 from .usf_schedule import ScheduleError, SolverSchedule, StepDecision
@@ -71,7 +72,8 @@ def derivative_weights(deltas: np.ndarray) -> np.ndarray:
 
 class USFScheduler(SolverScheduler):
     """Executes a USF solver schedule (arXiv 2312.07243) given as ``solver_schedule`` (a dict, see
-    ``usf_schedule.py``, or a shipped schedule's name such as "digits-nfe5"). Its timesteps are the
+    ``usf_schedule.py``, a shipped schedule's name such as "digits-nfe5", or the path of a ``diffusers-ext search``
+    output file, whose contents the config then keeps). Its timesteps are the
     schedule's; ``set_timesteps(n)`` checks that it makes n model calls. Runs from the schedule's first step
     (no ``set_begin_index``); the last entry of its timesteps must be the noise schedule's clean end (e.g.
     -1 for DDPM-style discrete schedules)."""
@@ -81,6 +83,10 @@ class USFScheduler(SolverScheduler):
     target = "data"
 
     def validate_family_config(self) -> None:
+        if is_schedule_file(self.config.solver_schedule):  # a `search` output: the config keeps its contents
+            self.register_to_config(solver_schedule=read_option_file(
+                "solver_schedule", self.config.solver_schedule, schedule_choices(), SolverSchedule.from_dict,
+                "shipped solver schedule"))
         schedule = self.config.solver_schedule
         if isinstance(schedule, str) and not schedule.lstrip().startswith("{"):
             schedule = load_shipped_schedule(schedule)
@@ -216,6 +222,19 @@ def shipped_schedule_names() -> list[str]:
             with open(path) as f:
                 names += [f"{model}-nfe{n}" for n in sorted(json.load(f), key=int)]
     return names
+
+
+def schedule_choices() -> str:
+    return (f"a shipped schedule name (valid names: {shipped_schedule_names()}), the path of a JSON file written by "
+            f"`diffusers-ext search`, or the schedule itself (a dict or its JSON string)")
+
+
+def is_schedule_file(schedule) -> bool:
+    """True when ``solver_schedule`` names a file: a path object, or a string that is neither JSON nor a shipped
+    schedule's name."""
+    if isinstance(schedule, str):
+        return not schedule.lstrip().startswith("{") and schedule not in shipped_schedule_names()
+    return isinstance(schedule, os.PathLike)
 
 
 def load_shipped_schedule(name: str) -> dict:
