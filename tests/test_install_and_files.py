@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata as md
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +133,36 @@ def test_learned_rounding_reloads_bit_identically(tmp_path):
             for t in range(999, 0, -50):
                 a, b = reloaded(x, t, class_labels=classes).sample, pipe.unet(x, t, class_labels=classes).sample
                 assert torch.equal(a, b), f"batch {batch}, t={t}: differs by {(a - b).abs().max():.3g}"
+
+
+# ---------------------------------------------------------------------------------------------- packaging
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _names(requirements) -> set[str]:
+    return {_canonical(re.match(r"[A-Za-z0-9._-]+", r).group()) for r in requirements if "extra ==" not in r}
+
+
+def test_every_imported_distribution_is_a_runtime_dependency():
+    """A plain ``pip install`` runs every module: what the package imports is declared (or comes with a
+    declared dependency), not left to the [dev] extra."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _names(project["dependencies"])
+    provided = declared | {name for dist in declared for name in _names(md.requires(dist) or [])}
+    modules = set()
+    for path in (ROOT / "diffusers_ext").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.partition(".")[0])
+    distributions = md.packages_distributions()
+    third_party = {m for m in modules if m not in sys.stdlib_module_names and m != "diffusers_ext"}
+    missing = {m: distributions.get(m) for m in third_party
+               if not any(_canonical(d) in provided for d in distributions.get(m, [m]))}
+    assert not missing, f"imported but not declared in [project.dependencies]: {missing}"
+    assert "accelerate" in declared  # diffusers warns on every pipeline load without it
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]
