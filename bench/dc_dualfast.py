@@ -19,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+from results_io import line_count, say_if_cached, write_json
+
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
 from diffusers_ext.models import GaussianMixtureDenoiser
@@ -80,6 +82,9 @@ def main():
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     RESULTS.mkdir(exist_ok=True)
+    logs = [RESULTS / f"{kind}_{model}.jsonl" for model in ("gmm", "digits")
+            for kind in ("dc_calibration", "dc_dualfast")]
+    before = {p: line_count(p) for p in logs}
 
     # --- GMM: calibrate per NFE (guidance 1 only: the mixture is unconditional)
     gmm = GaussianMixtureDenoiser()
@@ -97,6 +102,7 @@ def main():
     print("GMM endpoint RMSE (held-out seeds)\n" + summary_table(summary))
 
     if args.skip_digits:
+        say_if_cached(logs, before)
         return
     from diffusers_ext.models.digits import load_pipeline
 
@@ -106,16 +112,17 @@ def main():
     bench = calibrate_dc_grid(pipe, BENCH_NFES, BENCH_GUIDANCE, out=out)
     cpr = fit_cpr(grid).to_config()
     report = cpr_report(cpr, {**grid, **bench})
-    (RESULTS / "dc_cpr_digits.json").write_text(json.dumps({"cpr": cpr, **report}, indent=1))
+    write_json(RESULTS / "dc_cpr_digits.json", {"cpr": cpr, **report})
     print(json.dumps(report, indent=1))
-    if args.ship:
-        Path(SHIPPED_CPR["digits"]).write_text(json.dumps(cpr, indent=1))
+    if args.ship:  # exact values: the package loads them
+        write_json(SHIPPED_CPR["digits"], cpr, digits=None)
     rows = run_sweep("digits", SPECS, list(BENCH_NFES), list(BENCH_GUIDANCE), seeds, args.samples,
                      RESULTS / "dc_dualfast_digits.jsonl", cache_dir="results/stats-cache",
                      factories=factories(bench, cpr))
     summary = summarize(rows)
     plot(summary, RESULTS / "dc_dualfast_digits.png", "digits-cnn FID")
     print("digits-cnn FID (held-out seeds)\n" + summary_table(summary))
+    say_if_cached(logs, before)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import masked_entropy_table, masked_quality_table, masked_speed_table
+from results_io import line_count, say_if_cached
 
 from diffusers_ext.masked import FirstHittingScheduler, MaskedDiffusionPipeline, MDLMAncestralScheduler
 from diffusers_ext.models.hmm import HiddenMarkovModel
@@ -137,9 +139,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
-    for part in (quality, entropy, speed):
+    tables = {quality: masked_quality_table, entropy: masked_entropy_table, speed: masked_speed_table}
+    for part, table in tables.items():
         if args.part in ("all", part.__name__):
+            path = RESULTS / f"masked_{part.__name__}.jsonl"
+            before = {path: line_count(path)}
             part(args)
+            print(table(read_rows(path)))
+            say_if_cached([path], before)
 
 
 if __name__ == "__main__":

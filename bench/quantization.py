@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from report import quantization_table
+from results_io import line_count, say_if_cached
 
 from diffusers_ext import DPMSolverPPScheduler
 from diffusers_ext.eval.sweep import Cell, DigitsMetric
@@ -49,10 +51,12 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "quantization_digits.jsonl"))
     args = parser.parse_args()
     done = {r["config"] for r in read_rows(args.out)}
-    metric = DigitsMetric(args.samples, cache_dir=RESULTS.parent.parent / "results" / "stats-cache")
+    before = {args.out: line_count(args.out)}
+    metric = None
     for name, spec in CONFIGS.items():
         if name in done:
             continue
+        metric = metric or DigitsMetric(args.samples, cache_dir=RESULTS.parent.parent / "results" / "stats-cache")
         pipe = load_pipeline(DPMSolverPPScheduler)
         held_out = record_trajectory(pipe.unet, trajectory_run(pipe, seed=1))
         float_bytes = sum(p.numel() * 4 for p in pipe.unet.parameters())
@@ -75,6 +79,8 @@ def main():
         append_row(args.out, row)
         print(f"{name:28s} rel. MSE {row['relative_mse']:.2e}  FID {row['fid_mean']:.2f} ± {row['fid_std']:.2f}  "
               f"{row['file_bytes'] / 1024:.0f} KiB", flush=True)
+    print(quantization_table(read_rows(args.out)))
+    say_if_cached([args.out], before)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_cost_table(result: dict) -> str:
-    m = result["machine"]
+    """The step-cost table; rows with ``threads`` (medians and min-max over runs) or the older single medians."""
+    m, rows = result["machine"], result["rows"]
+    latent = "x".join(map(str, result["shape"]))
+    if "threads" not in rows[0]:
+        return _step_cost_table_single(result, m, latent)
+    lines = [f"Machine: {m.get('gpu') or m['processor'] or m['platform']}, {m.get('cpus', '?')} CPUs, torch "
+             f"{m['torch']}; latent {latent}, {result['steps']} steps; median (min-max) of {rows[0]['runs']} runs, "
+             "each run the median step past the warm-up, diffusers and ours alternating.", "",
+             "| scheduler | dtype | threads | diffusers ms/step | ours ms/step | speedup | diffusers MB/step "
+             "| ours MB/step | rel. difference |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(r, key, fmt):
+        return f"{r[key]:{fmt}} ({r[key + '_min']:{fmt}}-{r[key + '_max']:{fmt}})"
+
+    for r in rows:
+        lines.append(f"| {r['scheduler']} | {r['dtype']} | {r['threads']} | {cell(r, 'diffusers_step_ms', '.3f')} | "
+                     f"{cell(r, 'ours_step_ms', '.3f')} | **{r['speedup']:.2f}x** ({r['speedup_min']:.2f}-"
+                     f"{r['speedup_max']:.2f}) | {r['diffusers_mb_per_step']:.1f} | {r['ours_mb_per_step']:.1f} | "
+                     f"{r['relative_difference']:.1e} |")
+    return "\n".join(lines)
+
+
+def _step_cost_table_single(result: dict, m: dict, latent: str) -> str:
     lines = [f"Machine: {m.get('gpu') or m['processor'] or m['platform']}, {m['threads']} threads, torch "
-             f"{m['torch']}; latent {'x'.join(map(str, result['shape']))}, median over runs.", "",
+             f"{m['torch']}; latent {latent}, median over runs.", "",
              "| scheduler | dtype | diffusers ms/step | ours ms/step | speedup | diffusers MB/step | ours MB/step "
              "| rel. difference |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -247,7 +269,8 @@ def main():
         path = results / f"step_cost_{device}.json"
         if path.exists():
             text = replace(text, f"step-cost-{device}", step_cost_table(json.loads(path.read_text())))
-    readme.write_text(text)
+    if text != readme.read_text():  # an unchanged README keeps its bytes and time stamp
+        readme.write_text(text)
     fill_cuda_block(readme, results)  # bench/gpu_check.py's results, where a GPU run wrote them
 
 

@@ -6,6 +6,9 @@ Resumable (bench/results/sweep_digits.jsonl); prints the mean ± std table and w
 """
 
 import argparse
+from pathlib import Path
+
+from results_io import line_count, say_if_cached
 
 from diffusers_ext.cli import DEMO_SCHEDULERS
 from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
@@ -16,10 +19,13 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
     # the demo's set plus diffusers' DPM-Solver++ 3M
+    out = Path(__file__).resolve().parent / "results" / "sweep_digits.jsonl"
+    before = {out: line_count(out)}
     schedulers = list(DEMO_SCHEDULERS) + ["diffusers:DPMSolverMultistepScheduler:solver_order=3"]
     rows = run_sweep("digits", schedulers, [3, 4, 5, 6, 8, 10, 15, 20], guidances=[1.0, 3.0],
                      seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples,
-                     out="bench/results/sweep_digits.jsonl", cache_dir="results/stats-cache")
+                     out=out, cache_dir="results/stats-cache")
     summary = summarize(rows)
-    plot(summary, "bench/results/sweep_digits.png", "digits-cnn FID")
+    plot(summary, out.with_suffix(".png"), "digits-cnn FID")
     print(summary_table(summary))
+    say_if_cached([out], before)

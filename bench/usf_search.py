@@ -13,10 +13,10 @@
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from results_io import line_count, say_if_cached, write_json
 
 from diffusers_ext import DCSolverScheduler, USFScheduler
 from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
@@ -50,6 +50,8 @@ def main():
     parser.add_argument("--skip-eval", action="store_true")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    logs = sorted(RESULTS.glob("s3_*_archive.jsonl")) + [RESULTS / "usf_gmm.jsonl", RESULTS / "usf_digits.jsonl"]
+    before = {p: line_count(p) for p in logs}
     summary = {}
 
     gmm = GaussianMixtureDenoiser()
@@ -64,11 +66,11 @@ def main():
     summary["ablation nfe 5 (digits FID-300, seed 0)"] = {"predictor": digits_found[5].best_value,
                                                           "plain evolution": plain[5].best_value,
                                                           "evaluations": plain[5].evaluations}
-    (RESULTS / "usf_search.json").write_text(json.dumps(summary, indent=1))
-    if args.ship:
-        path = Path(SHIPPED_SCHEDULES["digits"])
-        path.write_text(json.dumps({str(n): r.best for n, r in digits_found.items()}, indent=1))
+    write_json(RESULTS / "usf_search.json", summary)
+    if args.ship:  # exact values: the package loads them
+        write_json(SHIPPED_SCHEDULES["digits"], {str(n): r.best for n, r in digits_found.items()}, digits=None)
     if args.skip_eval:
+        say_if_cached(logs, before)
         return
 
     def searched(found):
@@ -83,6 +85,7 @@ def main():
     table = summarize(rows)
     plot(table, RESULTS / "usf_digits.png", "digits-cnn FID")
     print("digits-cnn FID (held-out seeds)\n" + summary_table(table))
+    say_if_cached(logs, before)
 
 
 if __name__ == "__main__":
