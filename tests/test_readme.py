@@ -187,3 +187,21 @@ def test_readme_block_runs(heading, language, code, tmp_path, monkeypatch):
             assert argv[0] == "diffusers-ext", f"only this package's CLI runs here, not {argv[0]!r}"
             assert main(argv[1:]) in (0, None)
     CHECKS[heading](ns, tmp_path)
+
+
+def test_install_section_names_the_declared_minimums():
+    """The README's "tested with" versions are pyproject's minimums (issue 17: declare what is tested), and the
+    suite runs with at least them."""
+    from importlib.metadata import version
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["dev"]
+    minimums = dict(m.groups() for r in requirements if (m := re.fullmatch(r"([\w-]+)>=([\d.]+)", r)))
+    install = (ROOT / "README.md").read_text().split("### Install", 1)[1].split("```", 1)[0]
+    named = dict(re.findall(r"(torch|diffusers|torch-fidelity|transformers) (\d[\d.]*\d)", " ".join(install.split())))
+    assert named.keys() == {"torch", "diffusers", "torch-fidelity", "transformers"}
+    for name, tested in named.items():
+        assert minimums.get(name) == tested, f"README: tested with {name} {tested}; pyproject: {minimums.get(name)}"
+        installed = tuple(int(p) for p in re.match(r"[\d.]+", version(name)).group().rstrip(".").split("."))
+        assert installed >= tuple(int(p) for p in tested.split("."))
