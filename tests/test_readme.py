@@ -36,7 +36,7 @@ MASKED, QUANT = "Masked diffusion: the First-Hitting Sampler", "Low-bit FP quant
 
 SKIPPED = {
     "diffusers-ext": "`make demo` / `make test` run the whole demo and suite (minutes); .ci/run runs `make test`",
-    "Install": "pip installs; the wheel install is checked by hand on a fresh clone (issue 17), not per test run",
+    "Install": "pip installs (network, minutes); `make test` installs the checkout the same way, with [dev]",
 }
 
 # The only departures from the README text: smaller numbers for blocks that take minutes as written.
