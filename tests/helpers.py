@@ -108,7 +108,7 @@ def lagrange_f64(ts, values, at):
 def dpm_solver_pp_2m_f64(sched, model, x0, data_prediction):
     """DPM-Solver++ 2M (arXiv 2211.01095) as a direct loop over ``sched``'s grid (set already), no warm-down;
     ``data_prediction(i, x, eps, earlier_ms)`` gives the data prediction m_i the update uses and records."""
-    g = sched._grid
+    g = sched.grid
     x, ms = x0.clone(), []
     for i, ts in enumerate(sched.timesteps):
         m = data_prediction(i, x, model(x, ts).sample, ms)

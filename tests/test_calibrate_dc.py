@@ -36,7 +36,7 @@ def test_reference_trajectory_is_the_exact_ode_solution():
     exact = GMM.ode_endpoint(noise.double(), 999.0)
     assert _rmse(states[-1], exact) < 2e-3 * float(exact.pow(2).mean().sqrt())
     sched.set_timesteps(5)  # an intermediate state against the exact solve to the same time
-    t_mid = float(sched._grid.t[3])
+    t_mid = float(sched.grid.t[3])
     assert _rmse(states[3], GMM.ode_endpoint(noise.double(), 999.0, t_end=t_mid)) < 1e-3
 
 

@@ -64,6 +64,6 @@ def _check(sched, prediction, tol):
     sched.set_timesteps(25)
     t0 = float(sched.timesteps[0])
     out = run_sampler(sched, model, x)
-    ref = model.ode_endpoint(x, t0, t_end=None if sched._grid.sigma[-1] == 0 else float(sched._grid.t[-1]))
+    ref = model.ode_endpoint(x, t0, t_end=None if sched.grid.sigma[-1] == 0 else float(sched.grid.t[-1]))
     err = (out - ref).pow(2).mean().sqrt().item()
     assert np.isfinite(err) and err < tol, err

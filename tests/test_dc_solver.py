@@ -54,7 +54,7 @@ def test_compensated_history_matches_float64_interpolation(cls, kw):
     ratios = [1.0, 1.0] + list(rng.uniform(0.6, 1.4, n - 2))
     sched = cls(prediction_type="sample", dc_ratios=ratios, **kw)
     sched.set_timesteps(n)
-    t = sched._grid.t
+    t = sched.grid.t
     x = _x(3, torch.float64)
     recorded = []  # what the history should hold, computed independently
     for i, ts in enumerate(sched.timesteps):
@@ -67,7 +67,7 @@ def test_compensated_history_matches_float64_interpolation(cls, kw):
         else:
             expected = raw
         recorded.append(expected)
-        slot = int(sched._plan.slots[i])
+        slot = int(sched.plan.slots[i])
         got = sched._history[slot].numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)  # fp32 accumulation
         assert not np.allclose(expected, raw) or i < 2
@@ -81,7 +81,7 @@ def test_dpm_solver_pp_2m_with_compensation_matches_direct_formula():
     sched = DPMSolverPPScheduler(dc_ratios=ratios, lower_order_final=False, final_sigmas_type="sigma_min")
     x0 = _x(4, torch.float64)
     ours = run_sampler(sched, GMM, x0, n)
-    g = sched._grid
+    g = sched.grid
 
     def compensated(i, x, eps, ms):
         m = (x - g.sigma[i] * eps) / g.alpha[i]

@@ -504,3 +504,13 @@ def test_readme_recipes_for_diffusers_exact_grids():
     mine = DEISScheduler.from_config(ref.config, final_sigmas_type="sigma_min")
     mine.set_timesteps(6)
     assert mine.sigmas[-1] == pytest.approx(float(ref.sigmas[-1]), rel=1e-6) and mine.sigmas[-1] > 0
+
+
+def test_public_grid_and_plan_are_read_only_views():
+    sched = DPMSolverPPScheduler()
+    with pytest.raises(ValueError, match="before set_timesteps"):
+        sched.grid  # noqa: B018
+    sched.set_timesteps(5)
+    assert sched.grid.t[0] == 999 and sched.grid.sigma[-1] == 0 and sched.plan.table.shape[0] == 5
+    with pytest.raises(AttributeError):
+        sched.grid = None

@@ -44,7 +44,7 @@ def test_strength_zero_is_the_base_solver_exactly(cls, kw, n):
     base = run_sampler(base_sched, GMM, x, n, generator=gen())
     off = run_sampler(off_sched, GMM, x, n, generator=gen())
     assert torch.equal(base, off)
-    assert np.array_equal(base_sched._plan.table, off_sched._plan.table) and off_sched._plan.anchor_coeffs is None
+    assert np.array_equal(base_sched.plan.table, off_sched.plan.table) and off_sched.plan.anchor_coeffs is None
     on = run_sampler(cls(dualfast_strength=0.3, **kw), GMM, x, n, generator=gen())
     assert torch.isfinite(on).all() and not torch.equal(base, on)
 
@@ -69,7 +69,7 @@ def test_ddim_matches_direct_float64_mixing(schedule):
     sched = DPMSolverPPScheduler(solver_order=1, prediction_type="sample", dualfast_strength=strength,
                                  dualfast_schedule=schedule)
     sched.set_timesteps(n)
-    g = sched._grid
+    g = sched.grid
     x0 = _x(3, torch.float64)
     outs = _scripted_outputs(n, x0.shape)
     x = x0.clone()
@@ -95,7 +95,7 @@ def test_dpm_solver_pp_2m_matches_direct_float64_mixing():
                                  final_sigmas_type="sigma_min")
     x0 = _x(4, torch.float64)
     ours = run_sampler(sched, GMM, x0, n)
-    g = sched._grid
+    g = sched.grid
     anchors = []
 
     def mixed(i, x, eps, ms):
@@ -116,7 +116,7 @@ def test_unipc_history_records_the_mixed_output(predict_x0):
     sched = UniPCScheduler(prediction_type="epsilon", predict_x0=predict_x0, dualfast_strength=strength,
                            dualfast_schedule="constant")
     sched.set_timesteps(n)
-    g = sched._grid
+    g = sched.grid
     x = _x(5, torch.float64)
     outs = _scripted_outputs(n, x.shape, seed=200)
     anchor = outs[0]
@@ -125,7 +125,7 @@ def test_unipc_history_records_the_mixed_output(predict_x0):
         mixed = (1 + c) * outs[i] - c * anchor
         expected = mixed if not predict_x0 else (x - g.sigma[i] * mixed) / g.alpha[i]
         x = sched.step(outs[i], ts, x).prev_sample
-        got = sched._history[int(sched._plan.slots[i])].double()
+        got = sched._history[int(sched.plan.slots[i])].double()
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -147,7 +147,7 @@ def test_with_dynamic_compensation_mixes_then_compensates():
     ratios = [1.0, 1.0, 1.2, 0.8, 1.1, 0.9, 1.05]
     sched = DPMSolverPPScheduler(prediction_type="sample", dc_ratios=ratios, dualfast_strength=strength)
     sched.set_timesteps(n)
-    g = sched._grid
+    g = sched.grid
     x = _x(7, torch.float64)
     outs = _scripted_outputs(n, x.shape, seed=300)
     anchor = ((x - g.alpha[0] * outs[0]) / g.sigma[0]).numpy()
@@ -161,7 +161,7 @@ def test_with_dynamic_compensation_mixes_then_compensates():
             expected = lagrange_f64(g.t[i - 2:i + 1], [recorded[i - 2], recorded[i - 1], mixed], at)
         recorded.append(expected)
         x = sched.step(outs[i], ts, x).prev_sample
-        got = sched._history[int(sched._plan.slots[i])].double().numpy()
+        got = sched._history[int(sched.plan.slots[i])].double().numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 

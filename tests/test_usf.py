@@ -23,7 +23,7 @@ def _x(seed=0):
 def _times(n, **kw):
     ref = UniPCScheduler(**kw)
     ref.set_timesteps(n)
-    return [float(t) for t in ref._grid.t]
+    return [float(t) for t in ref.grid.t]
 
 
 def _rel(a, b):
@@ -55,7 +55,7 @@ def _direct_usf(schedule, x, model):
     explicit phi functions, derivatives from a Vandermonde solve on stored (lambda, x0, eps) points."""
     sched = USFScheduler(solver_schedule=schedule)
     sched.set_timesteps(len(schedule["steps"]))
-    g = sched._grid
+    g = sched.grid
     lam, alpha, sigma = g.lam, g.alpha, g.sigma
 
     def phi(k, z):

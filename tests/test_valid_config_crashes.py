@@ -119,7 +119,7 @@ def test_usf_hand_designed_on_flow_grid_from_sigma_one(tmp_path, solver, predict
     reference = cls.from_pretrained(path, **kw)
     n = 8
     reference.set_timesteps(n)
-    times = [float(t) for t in reference._grid.t]
+    times = [float(t) for t in reference.grid.t]
     assert times[0] == 1000.0
     usf = USFScheduler.from_pretrained(path, solver_schedule=hand_designed_schedule(solver, times,
                                                                                     prediction=prediction))
@@ -136,7 +136,7 @@ def test_usf_hand_designed_from_15_steps(tmp_path, n, solver):
     cls, kw = USF_REFERENCES[solver, "data"]
     reference = _reload(cls(**kw), tmp_path)
     reference.set_timesteps(n)
-    times = [float(t) for t in reference._grid.t]
+    times = [float(t) for t in reference.grid.t]
     usf = _reload(USFScheduler(solver_schedule=hand_designed_schedule(solver, times)), tmp_path / "usf")
     x = _x(8)
     a, b = run_sampler(usf, GMM, x, n), run_sampler(reference, GMM, x, n)

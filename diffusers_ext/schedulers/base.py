@@ -447,6 +447,22 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         self._anchor = None
 
     @property
+    def grid(self) -> Grid:
+        """The grid set by ``set_timesteps`` (read-only): model times ``t`` of the evaluation points plus the
+        terminal, and ``alpha``, ``sigma``, ``lam`` (log-SNR / 2) at each of them."""
+        if self._grid is None:
+            raise ValueError(f"{type(self).__name__} has no grid before set_timesteps")
+        return self._grid
+
+    @property
+    def plan(self) -> StepPlan:
+        """The coefficient table of the current run (read-only): ``table`` (steps, rows, columns) in float64,
+        the history ``slots`` and the column layout (``plan.py``)."""
+        if self._plan is None:
+            raise ValueError(f"{type(self).__name__} has no plan before set_timesteps")
+        return self._plan
+
+    @property
     def step_index(self) -> int | None:
         """The index of the next step (syncs with the device when queried; ``step`` itself never does)."""
         return int(self._step_tensor) if self._started else None

@@ -86,14 +86,14 @@ def _scheduler_for(model, scheduler):
 def _tables_at(scheduler, n: int, ratio: float, device) -> tuple[np.ndarray, np.ndarray, object]:
     sched = type(scheduler).from_config(scheduler.config, dc_ratios=[float(ratio)] * n, dc_cpr=None)
     sched.set_timesteps(n)
-    return sched._plan.table, sched._plan.slots, sched
+    return sched.plan.table, sched.plan.slots, sched
 
 
 def _fine_times(coarse, per: int) -> np.ndarray:
     """``per`` fine steps inside each coarse step, uniform in lambda (uniform in t where lambda is infinite,
     i.e. from a flow grid's pure-noise start). The step into sigma = 0 is refined down to the schedule's
     least noisy time, from which the fine solver's last step lands on the clean end."""
-    grid, schedule = coarse._grid, coarse.noise_schedule
+    grid, schedule = coarse.grid, coarse.noise_schedule
     times = []
     for j in range(grid.num_steps):
         t_a, t_b, lam_a, lam_b = grid.t[j], grid.t[j + 1], grid.lam[j], grid.lam[j + 1]
@@ -122,9 +122,9 @@ def reference_trajectory(model: Denoiser, scheduler, num_inference_steps: int, n
                                             use_karras_sigmas=False, use_exponential_sigmas=False,
                                             use_beta_sigmas=False, use_lu_lambdas=False)
     fine.set_timesteps(timesteps=fine_times.tolist())
-    reached = fine._grid.t[1:]  # the time after each fine step
-    record = {k for k, t in enumerate(reached) if np.any(np.isclose(t, coarse._grid.t[1:], rtol=0, atol=1e-9))}
-    if len(record) != num_inference_steps or not np.isclose(reached[-1], coarse._grid.t[-1]):
+    reached = fine.grid.t[1:]  # the time after each fine step
+    record = {k for k, t in enumerate(reached) if np.any(np.isclose(t, coarse.grid.t[1:], rtol=0, atol=1e-9))}
+    if len(record) != num_inference_steps or not np.isclose(reached[-1], coarse.grid.t[-1]):
         raise AssertionError("the reference grid must contain every time of the coarse grid")
     states, x = [noise], noise
     with torch.no_grad():
