@@ -24,7 +24,7 @@ from results_io import line_count, say_if_cached, write_json
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
 from diffusers_ext.models import GaussianMixtureDenoiser
-from diffusers_ext.schedulers.compensation import SHIPPED_CPR
+from diffusers_ext.schedulers.dc_solver.compensation import SHIPPED_CPR
 from diffusers_ext.search import calibrate_dc_grid, fit_cpr
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,7 +55,7 @@ def cpr_report(cpr, calibrated: dict) -> dict:
     """CPR fit error on the grid and prediction error on the benchmark configurations it did not see."""
     import numpy as np
 
-    from diffusers_ext.schedulers.cpr import CascadePolynomialRegression
+    from diffusers_ext.schedulers.dc_solver.cpr import CascadePolynomialRegression
 
     model = CascadePolynomialRegression.from_config(cpr)
     unseen = {}

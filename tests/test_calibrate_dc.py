@@ -115,7 +115,7 @@ def test_cli_grid_resumes_and_fits_a_cpr(tmp_path, capsys):
     import json
 
     from diffusers_ext.cli import main
-    from diffusers_ext.schedulers.cpr import CascadePolynomialRegression
+    from diffusers_ext.schedulers.dc_solver.cpr import CascadePolynomialRegression
 
     out, cpr_path = tmp_path / "cal.jsonl", tmp_path / "cpr.json"
     argv = ["calibrate-dc", "--model", "gmm", "--nfe", "4,5", "--samples", "3", "--reference-steps", "20",

@@ -9,7 +9,7 @@ import torch
 
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.models import GaussianMixtureDenoiser
-from diffusers_ext.schedulers.cpr import CascadePolynomialRegression
+from diffusers_ext.schedulers.dc_solver.cpr import CascadePolynomialRegression
 from tests.helpers import dpm_solver_pp_2m_f64, lagrange_f64, run_sampler, simple_cpr
 
 GMM = GaussianMixtureDenoiser()
@@ -174,7 +174,7 @@ def test_singlestep_refuses_compensation():
 
 
 def test_shipped_digits_cpr_is_finite_everywhere_and_runs():
-    from diffusers_ext.schedulers.compensation import load_cpr
+    from diffusers_ext.schedulers.dc_solver.compensation import load_cpr
 
     cpr = load_cpr("digits")
     assert cpr.nfe_range == (3.0, 10.0) and cpr.guidance_range == (1.0, 7.0) and cpr.fit_rmse < 0.1

@@ -248,4 +248,4 @@ def test_save_pretrained_and_from_config_keep_the_options(tmp_path, cls, kw):
     import diffusers
 
     swapped = cls.from_config(diffusers.DDIMScheduler().config, dualfast_strength=0.25, **kw)
-    assert swapped.config.dualfast_strength == 0.25 and swapped.uses_anchor
+    assert swapped.config.dualfast_strength == 0.25 and swapped.table_layout().anchor

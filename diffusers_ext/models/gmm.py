@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
-from ..schedulers.noise_schedules import NoiseSchedule, VPDiscrete
-from ..schedulers.predictions import PREDICTION_TYPES
+from ..schedulers.engine.noise_schedules import NoiseSchedule, VPDiscrete
+from ..schedulers.engine.predictions import PREDICTION_TYPES
 
 
 @dataclass

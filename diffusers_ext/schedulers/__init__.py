@@ -1,9 +1,10 @@
-"""Solver schedulers: the shared core (schedules, grids, conversion, plan, base) and one module per family."""
+"""Solver schedulers: the engine (``engine/``: the diffusers contract, schedules, grids, the coefficient table) and
+one module per paper above it."""
 
-from .base import SolverScheduler
-from .dc_solver import DCSolverScheduler
+from .dc_solver.scheduler import DCSolverScheduler
 from .deis import DEISScheduler
 from .dpm_solver_pp import DPMSolverPPScheduler
+from .engine import SolverScheduler
 from .unipc import UniPCScheduler
 from .usf import USFScheduler, hand_designed_schedule
 

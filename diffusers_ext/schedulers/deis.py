@@ -27,9 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.polynomial import Polynomial
 
-from .base import SolverScheduler, warmup_order
-from .plan import Grid
-from .step_rule import DATA, SAVED, Lin, M, StepRule, X
+from .engine import DATA, SAVED, Grid, Lin, M, SolverScheduler, StepRule, TableLayout, X, warmup_order
 
 MULTISTEP_TYPES = ("tab", "rhoab", "logrho", "ipndm")
 RK_TABLEAUX = {  # c (stage positions in rho), A (stage weights), b (final weights)
@@ -98,7 +96,8 @@ class DEISScheduler(SolverScheduler):
     order_range = (1, 4)
     target = "noise"
 
-    def validate_family_config(self) -> None:
+    def check_config(self) -> None:
+        super().check_config()
         cfg = self.config
         if cfg.solver_type not in SOLVER_TYPES:
             raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {', '.join(SOLVER_TYPES)}")
@@ -111,15 +110,12 @@ class DEISScheduler(SolverScheduler):
     def is_rk(self) -> bool:
         return self.config.solver_type in RK_TYPES
 
-    @property
-    def history_size(self) -> int:
+    def table_layout(self) -> TableLayout:
+        """Multistep: order - 1 earlier outputs. Runge-Kutta: the block's earlier stages and its start sample."""
         if self.is_rk:
-            return len(RK_TABLEAUX[self.config.solver_type][0]) - 1
-        return self.config.solver_order - 1
-
-    @property
-    def uses_saved_sample(self) -> bool:
-        return self.is_rk
+            return super().table_layout().union(
+                TableLayout(history=len(RK_TABLEAUX[self.config.solver_type][0]) - 1, saved=True))
+        return super().table_layout().union(TableLayout(history=self.config.solver_order - 1))
 
     # ------------------------------------------------------------------------------------- grids
     def family_grid(self, times: np.ndarray) -> np.ndarray:

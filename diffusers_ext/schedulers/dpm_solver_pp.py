@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import SolverScheduler, warmup_order
-from .compensation import DynamicCompensation
+from .dc_solver.compensation import DynamicCompensation
 from .dualfast import DualFastMixing
-from .plan import Grid
-from .step_rule import NOISE, SAVED, M, StepRule, X
+from .engine import NOISE, SAVED, Grid, M, SolverScheduler, StepRule, TableLayout, X, warmup_order
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -81,14 +79,18 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
     }
     target = "data"
 
-    def validate_family_config(self) -> None:
+    def normalize_config(self) -> None:
+        super().normalize_config()
+        if self.config.singlestep and self.config.solver_order == 1:  # singlestep order 1 is multistep order 1
+            self.register_to_config(singlestep=False)
+
+    def check_config(self) -> None:
+        super().check_config()
         cfg = self.config
-        self.validate_compensation()
-        self.validate_dualfast()
         if cfg.singlestep and self.compensates:
             raise ValueError("dynamic compensation (dc_ratios / dc_cpr) needs multistep DPM-Solver++; set "
                              "singlestep=False")
-        if cfg.singlestep and cfg.solver_order > 1 and self.mixes:
+        if cfg.singlestep and self.mixes:
             raise ValueError("DualFast (dualfast_strength > 0) needs multistep DPM-Solver++; set singlestep=False")
         if cfg.algorithm_type in ("dpmsolver", "sde-dpmsolver"):
             raise ValueError(f"algorithm_type={cfg.algorithm_type!r} (DPM-Solver on the noise prediction) is not "
@@ -100,20 +102,12 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
             raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {SOLVER_TYPES}")
         if cfg.singlestep and cfg.algorithm_type != "dpmsolver++":
             raise ValueError("singlestep=True supports algorithm_type='dpmsolver++' only")
-        if cfg.singlestep and cfg.solver_order == 1:
-            self.register_to_config(singlestep=False)
 
-    @property
-    def history_size(self) -> int:
-        return max(self.config.solver_order - 1, self.compensation_history)
-
-    @property
-    def uses_saved_sample(self) -> bool:
-        return self.config.singlestep
-
-    @property
-    def stochastic(self) -> bool:
-        return self.config.algorithm_type == "sde-dpmsolver++"
+    def table_layout(self) -> TableLayout:
+        """order - 1 earlier outputs; singlestep: also the block's start sample; SDE: fresh noise."""
+        cfg = self.config
+        return super().table_layout().union(TableLayout(history=cfg.solver_order - 1, saved=cfg.singlestep,
+                                                        noise=cfg.algorithm_type == "sde-dpmsolver++"))
 
     # ------------------------------------------------------------------------------------- rules
     def _multistep_order(self, grid: Grid, i: int, n: int) -> int:
@@ -166,7 +160,7 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
             diffusers_sde = sde and not self.config.third_order_taylor
             phi3 = (phi1 + hh) / hh**2 + (0.5 if diffusers_sde else -0.5)
             x_next = x_next + (a_t * phi2) * d1 - (a_t * phi3) * d2
-        return StepRule(x_next, history_entry=m0 if self.history_size else None)
+        return StepRule(x_next, history_entry=m0 if self.table_layout().history else None)
 
     def _singlestep_orders(self, grid: Grid, begin: int) -> list[int]:
         """Step orders from ``begin``: blocks of ``singlestep_orders``, after a lone first-order step where the

@@ -41,8 +41,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from .plan import Grid
-from .step_rule import ANCHOR, Lin, M, X
+from .engine import ANCHOR, Grid, Lin, TableLayout, X
 
 DUALFAST_SCHEDULES = ("linear", "constant")
 
@@ -57,10 +56,7 @@ def mixing_coefficient(strength: float, schedule: str, n: int, run_steps: int) -
 
 
 class DualFastMixing:
-    """Mixin for multistep families: the ``dualfast_*`` options and the mixed current output.
-
-    ``current_output`` is the mixed output; compensation (``DynamicCompensation.recorded_output``) starts from it.
-    """
+    """Mixin for multistep families: the ``dualfast_*`` options and the mixed output (``mix_output``)."""
 
     family_options: ClassVar[dict[str, Any]] = {
         "dualfast_strength": 0.0,  # the largest mixing coefficient c; 0 = off
@@ -71,11 +67,12 @@ class DualFastMixing:
     def mixes(self) -> bool:
         return self.config.dualfast_strength != 0.0
 
-    @property
-    def uses_anchor(self) -> bool:
-        return self.mixes
+    def table_layout(self) -> TableLayout:
+        """Mixing reads the anchor (the run's first output as a noise prediction)."""
+        return super().table_layout().union(TableLayout(anchor=self.mixes))
 
-    def validate_dualfast(self) -> None:
+    def check_config(self) -> None:
+        super().check_config()
         cfg = self.config
         strength = cfg.dualfast_strength
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
@@ -86,14 +83,10 @@ class DualFastMixing:
             raise ValueError(f"Unknown dualfast_schedule {cfg.dualfast_schedule!r}; valid choices: "
                              f"{DUALFAST_SCHEDULES}")
 
-    def current_output(self, grid: Grid, i: int, n: int) -> Lin:
-        """The current output M(0), mixed with the anchor (dynamic compensation then interpolates it with the
-        already mixed history entries)."""
-        return self.mix_output(grid, i, n, M(0))
-
     def mix_output(self, grid: Grid, i: int, n: int, out: Lin, target: str | None = None) -> Lin:
         """``out``, an output of step i as a ``target`` ("data" or "noise"; default the family's) prediction,
-        as DualFast's mixed one (see above)."""
+        as DualFast's mixed one (see above). The base's ``current_output`` is the mixed M(0); compensation
+        (``DynamicCompensation.recorded_output``) starts from it."""
         cfg = self.config
         c = mixing_coefficient(float(cfg.dualfast_strength), cfg.dualfast_schedule, n, grid.num_steps - (i - n))
         if c == 0.0:

@@ -18,11 +18,9 @@ import math
 
 import numpy as np
 
-from .base import SolverScheduler
-from .compensation import DynamicCompensation
+from .dc_solver.compensation import DynamicCompensation
 from .dualfast import DualFastMixing
-from .plan import Grid
-from .step_rule import DATA, SAVED, Lin, M, StepRule, X
+from .engine import DATA, SAVED, Grid, Lin, M, SolverScheduler, StepRule, TableLayout, X
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -76,14 +74,12 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
         "predict_x0": True,
         "use_corrector": True,
         "disable_corrector": [],
-        "solver_p": None,  # diffusers' "another scheduler as predictor": refused, see validate_family_config
+        "solver_p": None,  # diffusers' "another scheduler as predictor": refused, see check_config
     }
-    uses_saved_sample = True  # the corrected sample x_i^c, the base of the next corrector
 
-    def validate_family_config(self) -> None:
+    def check_config(self) -> None:
+        super().check_config()
         cfg = self.config
-        self.validate_compensation()
-        self.validate_dualfast()
         if cfg.solver_type not in SOLVER_TYPES:
             raise ValueError(f"Unknown solver_type {cfg.solver_type!r}; valid choices: {SOLVER_TYPES}")
         if cfg.solver_p is not None:
@@ -97,9 +93,9 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     def target(self) -> str:
         return "data" if self.config.predict_x0 else "noise"
 
-    @property
-    def history_size(self) -> int:
-        return max(self.config.solver_order, self.compensation_history)
+    def table_layout(self) -> TableLayout:
+        """solver_order earlier outputs and the corrected sample x_i^c, the base of the next corrector."""
+        return super().table_layout().union(TableLayout(history=self.config.solver_order, saved=True))
 
     def predictor_order(self, grid: Grid, i: int, n: int) -> int:
         cfg = self.config

@@ -26,10 +26,8 @@ import os
 
 import numpy as np
 
-from .base import SolverScheduler
-from .config_files import read_option_file
-from .plan import Grid
-from .step_rule import SAVED, Lin, M, S, StepRule, X
+from .engine import SAVED, Grid, Lin, M, S, SolverScheduler, StepRule, TableLayout, X
+from .engine.config_files import read_option_file
 from .usf_schedule import ScheduleError, SolverSchedule, StepDecision
 
 
@@ -82,22 +80,27 @@ class USFScheduler(SolverScheduler):
     order_range = (1, 4)
     target = "data"
 
-    def validate_family_config(self) -> None:
+    def normalize_config(self) -> None:
+        super().normalize_config()
         if is_schedule_file(self.config.solver_schedule):  # a `search` output: the config keeps its contents
             self.register_to_config(solver_schedule=read_option_file(
                 "solver_schedule", self.config.solver_schedule, schedule_choices(), SolverSchedule.from_dict,
                 "shipped solver schedule"))
+
+    def check_config(self) -> None:
+        """Parses (and so validates) the schedule once; the config is frozen, so the parsed form is kept."""
+        super().check_config()
         schedule = self.config.solver_schedule
         if isinstance(schedule, str) and not schedule.lstrip().startswith("{"):
             schedule = load_shipped_schedule(schedule)
-        self._schedule = None if schedule is None else SolverSchedule.from_dict(schedule)  # the config is frozen
+        self._schedule = None if schedule is None else SolverSchedule.from_dict(schedule)
         steps = self._schedule.steps if self._schedule is not None else ()
-        # the ring and column layout, once (``step`` reads these on every call)
-        self._uses_saved = any(step.corrector == "pseudo" for step in steps)
-        self._records = any(step.prediction == "noise" for step in steps)
         reach = [max((max(p) for p in step.derivative_points), default=0) + (step.corrector == "pseudo")
                  for step in steps]
-        self._history_size = max(reach + [1])
+        # what the steps read: pseudo-correctors keep the predicted sample, noise-form steps convert earlier
+        # outputs with the samples they were computed at
+        self._layout = TableLayout(history=max(reach + [1]), saved=any(step.corrector == "pseudo" for step in steps),
+                                   samples=any(step.prediction == "noise" for step in steps))
 
     @property
     def schedule(self) -> SolverSchedule:
@@ -120,17 +123,8 @@ class USFScheduler(SolverScheduler):
         _, sigma = self.noise_schedule.alpha_sigma(np.array(self._schedule.timesteps[:2]))
         return float(sigma[1] / sigma[0])
 
-    @property
-    def uses_saved_sample(self) -> bool:
-        return self._uses_saved
-
-    @property
-    def records_samples(self) -> bool:
-        return self._records
-
-    @property
-    def history_size(self) -> int:
-        return self._history_size
+    def table_layout(self) -> TableLayout:
+        return super().table_layout().union(self._layout)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
                       mu=None) -> None:
@@ -208,7 +202,7 @@ class USFScheduler(SolverScheduler):
         prediction = "data" if grid.alpha[i] == 0.0 else d.prediction
         sets = [[i - j for j in points] for points in d.derivative_points]
         x_next = self._taylor_step(grid, x_c, i, i + 1, prediction, d.order, sets, d.relaxation, seen_from=i)
-        return StepRule(x_next, saved_next=x_c if self.uses_saved_sample else None)
+        return StepRule(x_next, saved_next=x_c if self._layout.saved else None)
 
 
 SHIPPED_SCHEDULES = {"digits": os.path.join(os.path.dirname(__file__), "..", "models", "digits", "weights",

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from ..results_log import append_row, canonical, exclusive, fingerprint, identity, read_rows, scheduler_identity
 from ..schedulers import DCSolverScheduler, DPMSolverPPScheduler
-from ..schedulers.compensation import DynamicCompensation
-from ..schedulers.cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
+from ..schedulers.dc_solver.compensation import DynamicCompensation
+from ..schedulers.dc_solver.cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
 from .denoisers import Denoiser, pipeline_denoiser
 
 
@@ -74,11 +74,11 @@ def _scheduler_for(model, scheduler):
     if not isinstance(scheduler, DynamicCompensation):
         raise ValueError(f"calibrate_dc needs a scheduler with dynamic compensation (DCSolverScheduler, "
                          f"UniPCScheduler or DPMSolverPPScheduler), got {type(scheduler).__name__}")
-    cfg = scheduler.config
-    if getattr(scheduler, "uses_anchor", False):
+    cfg, layout = scheduler.config, scheduler.table_layout()
+    if layout.anchor:
         raise ValueError("calibrate_dc calibrates the solver without DualFast: set dualfast_strength=0 (DualFast can "
                          "be switched on afterwards)")
-    if cfg.thresholding or scheduler.stochastic or getattr(cfg, "singlestep", False):
+    if cfg.thresholding or layout.noise or getattr(cfg, "singlestep", False):
         raise ValueError("calibrate_dc supports deterministic multistep solvers without thresholding")
     return scheduler
 
@@ -180,7 +180,8 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
     # table(rho) = t1 + b (rho - 1) + c (rho - 1)^2, exact because each entry is quadratic in rho
     lin_coef, quad_coef = (t2 - t0) / 2.0, (t2 - 2.0 * t1 + t0) / 2.0
     timesteps = sched.timesteps
-    uses_saved, K = sched.uses_saved_sample, sched.history_size
+    layout = sched.plan.layout
+    uses_saved, K = layout.saved, layout.history
 
     x = noise
     saved = torch.zeros_like(x) if uses_saved else None
@@ -191,16 +192,16 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
     loss_one, loss_cal = [], []
 
     def inputs_of(x_, out_, saved_, hist_):
-        return [x_, out_] + ([saved_] if uses_saved else []) + list(hist_)
+        return layout.gather(x=x_, out=out_, saved=saved_) + list(hist_)
 
     def advance(table_i, i, x_, out_, saved_, hist_):
         """One scheduler step from the table rows: x_next, saved_next, new history list."""
         inputs = inputs_of(x_, out_, saved_, hist_)
-        x_next = _combine(table_i[0], inputs)
-        saved_next = _combine(table_i[1], inputs) if uses_saved else None
+        x_next = _combine(table_i[layout.row("x_next")], inputs)
+        saved_next = _combine(table_i[layout.row("saved_next")], inputs) if uses_saved else None
         new_hist = list(hist_)
         if K:
-            new_hist[int(slots[i])] = _combine(table_i[-1], inputs)
+            new_hist[int(slots[i])] = _combine(table_i[layout.row("history_entry")], inputs)
         return x_next, saved_next, new_hist
 
     def table_at(i: int, rho):
@@ -212,7 +213,7 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
         x_next, saved_next, new_hist = advance(table_at(i, rho).float(), i, x_, out_, saved_, hist_)
         if uses_saved and i + 1 < n:  # the next corrector, through the model
             out_next = counted(x_next.to(dtype), timesteps[i + 1])
-            corr_row = torch.as_tensor(t1[i + 1][1]).float()
+            corr_row = torch.as_tensor(t1[i + 1][layout.row("saved_next")]).float()
             state = _combine(corr_row, inputs_of(x_next, out_next, saved_next, new_hist))
         else:
             state = x_next

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..results_log import append_row, canonical, exclusive, identity, read_rows
 from ..schedulers import hand_designed_schedule
-from ..schedulers.grids import build_grid
+from ..schedulers.engine.grids import build_grid
 from ..schedulers.usf_schedule import MAX_ORDER, ScheduleError, SolverSchedule
 
 Objective = Callable[[dict], tuple[float, int]]

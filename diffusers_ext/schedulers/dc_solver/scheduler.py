@@ -1,8 +1,8 @@
-"""DC-Solver (arXiv 2409.03755): UniPC with dynamic compensation; the mechanism is in ``compensation.py``."""
+"""DC-Solver's scheduler: UniPC (``../unipc.py``) with dynamic compensation (``compensation.py``) always on."""
 
 from __future__ import annotations
 
-from .unipc import UniPCScheduler
+from ..unipc import UniPCScheduler
 
 
 class DCSolverScheduler(UniPCScheduler):

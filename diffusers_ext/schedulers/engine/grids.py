@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -205,3 +206,26 @@ def _base_grid(schedule, n, spacing, steps_offset, flow, flow_shift, mu, time_sh
         return schedule.t_of_grid_sigma(np.array([s_hi]))
     times = schedule.t_of_grid_sigma(_sigma_grid(spacing, float(s_hi), float(s_lo), n, karras_rho))
     return np.clip(times, schedule.t_min, schedule.t_max)  # round-off of the sigma -> t inversion
+
+
+@dataclass
+class Grid:
+    """Model times of the evaluation points plus the terminal, and the schedule at each of them."""
+
+    t: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    lam: np.ndarray
+    sigma_data: float | None = None  # EDM preconditioning of the model output (``predictions.conversion``)
+
+    @classmethod
+    def from_times(cls, schedule: NoiseSchedule, t: np.ndarray) -> Grid:
+        t = np.asarray(t, dtype=np.float64)
+        alpha, sigma = schedule.alpha_sigma(t)
+        with np.errstate(divide="ignore"):
+            lam = np.log(alpha) - np.log(sigma)
+        return cls(t=t, alpha=alpha, sigma=sigma, lam=lam, sigma_data=getattr(schedule, "sigma_data", None))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.t) - 1

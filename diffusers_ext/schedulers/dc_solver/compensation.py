@@ -25,14 +25,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .config_files import read_option_file
+from ..engine import Grid, Lin, M, TableLayout
+from ..engine.config_files import read_option_file
 from .cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
-from .plan import Grid
-from .step_rule import Lin, M
 
 DC_POINTS = 3  # Lagrange interpolation through three buffered outputs (the paper's dc_order 2)
 
-SHIPPED_CPR = {"digits": os.path.join(os.path.dirname(__file__), "..", "models", "digits", "weights",
+SHIPPED_CPR = {"digits": os.path.join(os.path.dirname(__file__), "..", "..", "models", "digits", "weights",
                                       "dc_cpr.json")}
 
 
@@ -86,7 +85,7 @@ class DynamicCompensation:
     """Mixin for multistep families: the ``dc_*`` options and the compensated current output.
 
     A family uses ``self.recorded_output(grid, i, n)`` where its predictor used ``M(0)`` and records it with
-    ``StepRule(history_entry=...)``; ``compensation_history`` is the history its ring must hold.
+    ``StepRule(history_entry=...)``; the mixin adds the history it needs to the family's ``table_layout``.
     """
 
     family_options: ClassVar[dict[str, Any]] = {
@@ -101,19 +100,23 @@ class DynamicCompensation:
         cfg = self.config
         return self.always_compensate or cfg.dc_ratios is not None or cfg.dc_cpr is not None
 
-    @property
-    def compensation_history(self) -> int:
-        return DC_POINTS - 1 if self.compensates else 0
+    def table_layout(self) -> TableLayout:
+        """The history must hold the DC_POINTS - 1 outputs the interpolation reads."""
+        return super().table_layout().union(TableLayout(history=DC_POINTS - 1 if self.compensates else 0))
 
-    def validate_compensation(self) -> None:
-        """Check the ``dc_*`` options; a ``dc_cpr`` file is read here and its contents replace the path."""
+    def normalize_config(self) -> None:
+        """A ``dc_cpr`` file is read here; the config keeps its contents instead of the path."""
+        super().normalize_config()
+        if is_cpr_file(self.config.dc_cpr):
+            self.register_to_config(dc_cpr=read_cpr_file(self.config.dc_cpr))
+
+    def check_config(self) -> None:
+        super().check_config()
         dc_ratios = self.config.dc_ratios
         if dc_ratios is not None:
             ratios = np.asarray(dc_ratios, dtype=np.float64) if isinstance(dc_ratios, (list, tuple)) else None
             if ratios is None or ratios.ndim != 1 or not np.all(np.isfinite(ratios)):
                 raise ValueError(f"dc_ratios must be a list of finite numbers, one per step; got {dc_ratios!r}")
-        if is_cpr_file(self.config.dc_cpr):
-            self.register_to_config(dc_cpr=read_cpr_file(self.config.dc_cpr))
         if self.config.dc_cpr is not None:
             load_cpr(self.config.dc_cpr)  # validates
 
@@ -138,6 +141,7 @@ class DynamicCompensation:
         return None
 
     def prepare_plan(self, grid: Grid) -> None:
+        super().prepare_plan(grid)
         self._dc_ratios = self.resolve_ratios(grid.num_steps)
 
     def recorded_output(self, grid: Grid, i: int, n: int) -> Lin:

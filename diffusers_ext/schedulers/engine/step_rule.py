@@ -77,7 +77,7 @@ def M(k: int) -> Lin:
 
 def S(k: int) -> Lin:
     """The sample the model saw k steps back (k >= 1; the current one is X), for families that record
-    samples (``records_samples``: they convert earlier outputs between noise and data predictions)."""
+    samples (``TableLayout.samples``: they convert earlier outputs between noise and data predictions)."""
     return Lin({("s", k): 1.0})
 
 

@@ -1,0 +1,133 @@
+"""Scheduler options: the ones every solver family shares, their checks, and the generated constructor.
+
+Names and defaults follow diffusers (``DPMSolverMultistepScheduler`` and friends) wherever the concept exists,
+so a saved diffusers config reads as the same settings here. A family adds its own options
+(``SolverScheduler.family_options``); ``make_init`` turns the union into a keyword-only ``__init__`` whose
+signature, annotations and docstring list every option (for ``help()``, IDE signature help and diffusers'
+``from_config``, which reads the signature).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import numbers
+from typing import Any
+
+from diffusers.configuration_utils import register_to_config
+
+from .grids import FINAL_SIGMA_TYPES
+from .predictions import PREDICTION_TYPES
+
+COMMON_OPTIONS: dict[str, Any] = {
+    # training noise schedule (diffusers' names)
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "rescale_betas_zero_snr": False,
+    "snr_shift_scale": 1.0,  # CogVideoX: alpha_bar / (s + (1 - s) alpha_bar)
+    "noise_schedule": "discrete",  # "discrete" (betas), or continuous VP "linear" / "cosine"
+    "use_flow_sigmas": False,  # flow matching: x_t = (1 - sigma) x0 + sigma eps
+    "flow_shift": 1.0,
+    "use_dynamic_shifting": False,
+    "time_shift_type": "exponential",
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "shift_terminal": None,  # flow matching: stretch the shifted sigmas to end at this value (Wan, LTX)
+    # model
+    "prediction_type": "epsilon",
+    "variance_type": None,
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+    # grid
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_lu_lambdas": False,
+    "final_sigmas_type": "zero",
+    "sigma_min": None,  # range of the karras / exponential / beta grids (default: the schedule's own)
+    "sigma_max": None,
+    "rho": 7.0,  # Karras grid exponent
+    # EDM (arXiv 2206.00364): a number switches to the VE schedule x0 + sigma eps with EDM preconditioning,
+    # sigma in [sigma_min, sigma_max] (defaults 0.002, 80), on a sigma_schedule grid ("karras" / "exponential")
+    "sigma_data": None,
+    "sigma_schedule": None,
+    "lambda_min_clipped": None,  # time grids of discrete schedules start below this log-SNR clip (None/-inf: none)
+    # solver
+    "solver_order": 2,
+    "lower_order_final": True,
+}
+
+
+
+def check_common_options(cfg, scheduler_name: str, order_range: tuple[int, int]) -> None:
+    """Out-of-range or unknown values of the common options fail here, before any work, naming the valid
+    choices."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"Unknown prediction_type {cfg.prediction_type!r}; valid choices: "
+                         f"{', '.join(PREDICTION_TYPES)}")
+    if cfg.final_sigmas_type not in FINAL_SIGMA_TYPES:
+        raise ValueError(f"Unknown final_sigmas_type {cfg.final_sigmas_type!r}; valid choices: "
+                         f"{', '.join(FINAL_SIGMA_TYPES)}")
+    lo, hi = order_range
+    if not (isinstance(cfg.solver_order, int) and lo <= cfg.solver_order <= hi):
+        raise ValueError(f"solver_order must be an integer in [{lo}, {hi}] for {scheduler_name}, "
+                         f"got {cfg.solver_order!r}")
+    T = cfg.num_train_timesteps
+    need(isinstance(T, numbers.Integral) and T >= 2, f"num_train_timesteps must be an integer >= 2, got {T!r}")
+    need(isinstance(cfg.steps_offset, numbers.Integral) and 0 <= cfg.steps_offset < T,
+         f"steps_offset must be an integer in [0, num_train_timesteps={T}), got {cfg.steps_offset!r}")
+    need(cfg.flow_shift > 0 and math.isfinite(cfg.flow_shift), f"flow_shift must be > 0, got {cfg.flow_shift}")
+    if cfg.thresholding:
+        need(0.0 < cfg.dynamic_thresholding_ratio <= 1.0,
+             f"dynamic_thresholding_ratio must be in (0, 1], got {cfg.dynamic_thresholding_ratio}")
+        need(cfg.sample_max_value >= 1.0, f"sample_max_value must be >= 1, got {cfg.sample_max_value}")
+    need(cfg.snr_shift_scale > 0 and math.isfinite(cfg.snr_shift_scale),
+         f"snr_shift_scale must be > 0, got {cfg.snr_shift_scale}")
+    if cfg.shift_terminal is not None:
+        need(cfg.use_flow_sigmas, "shift_terminal is only defined for flow matching (use_flow_sigmas=True)")
+        need(0.0 < cfg.shift_terminal < 1.0, f"shift_terminal must be in (0, 1), got {cfg.shift_terminal}")
+    for key in ("sigma_min", "sigma_max"):
+        value = cfg[key]
+        need(value is None or (value > 0 and math.isfinite(value)), f"{key} must be None or > 0, got {value}")
+    if cfg.sigma_min is not None and cfg.sigma_max is not None:
+        need(cfg.sigma_min < cfg.sigma_max, f"sigma_min={cfg.sigma_min} must be below sigma_max={cfg.sigma_max}")
+    need(cfg.rho > 0 and math.isfinite(cfg.rho), f"rho (the Karras exponent) must be > 0, got {cfg.rho}")
+    clip = cfg.lambda_min_clipped
+    need(clip is None or (isinstance(clip, numbers.Real) and not math.isnan(clip)),
+         f"lambda_min_clipped must be None or a number, got {clip!r}")
+    if clip is not None and math.isfinite(clip):
+        need(cfg.noise_schedule == "discrete" and not cfg.use_flow_sigmas,
+             "lambda_min_clipped applies to discrete VP schedules (beta_schedule) only")
+
+
+def make_init(options: dict[str, Any]):
+    """An ``__init__`` whose signature lists every option, so diffusers' from_config sees them all; unknown
+    keywords raise ``TypeError`` as a written-out signature would."""
+
+    def __init__(self, **config):
+        unknown = sorted(set(config) - set(options))
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, options, n=1) for k in unknown}
+            named = ", ".join(f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
+            raise TypeError(f"{type(self).__name__}.__init__() got unexpected keyword argument(s) {named}")
+        self._setup()
+
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in options.items()]
+    __init__.__signature__ = inspect.Signature(params)
+    return register_to_config(__init__)
+
