@@ -23,11 +23,14 @@ multistep types is DDIM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.polynomial import Polynomial
+from typing_extensions import Unpack
 
 from .engine import DATA, SAVED, Grid, Lin, M, SolverScheduler, StepRule, TableLayout, X, warmup_order
+from .engine.options import CommonOptions
 
 MULTISTEP_TYPES = ("tab", "rhoab", "logrho", "ipndm")
 RK_TABLEAUX = {  # c (stage positions in rho), A (stage weights), b (final weights)
@@ -91,7 +94,13 @@ class DEISScheduler(SolverScheduler):
     config of that class (or any other) read by ``from_config`` takes our default, tab.
     """
 
-    family_options = {"solver_type": "tab"}
+
+    def __init__(self, *, solver_type: Literal["tab", "rhoab", "logrho", "ipndm", "heun", "kutta3", "rk4"] = "tab",
+                 **options: Unpack[CommonOptions]) -> None:
+        """DEIS's own option; ``options``: the common ones, with defaults solver_order=3 and
+        timestep_spacing="quadratic" (the constructor is generated from this signature, see
+        ``SolverScheduler.__init_subclass__``)."""
+
     default_overrides = {"solver_order": 3, "timestep_spacing": "quadratic"}
     order_range = (1, 4)
     target = "noise"

@@ -17,11 +17,15 @@ takes that first step alone before its blocks.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal
 
-from .dc_solver.compensation import DynamicCompensation
-from .dualfast import DualFastMixing
+import numpy as np
+from typing_extensions import Unpack
+
+from .dc_solver.compensation import CompensationOptions, DynamicCompensation
+from .dualfast import DualFastMixing, DualFastOptions
 from .engine import NOISE, SAVED, Grid, M, SolverScheduler, StepRule, TableLayout, X, warmup_order
+from .engine.options import CommonOptions
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -42,6 +46,10 @@ def singlestep_orders(num_steps: int, order: int, lower_order_final: bool, final
     if final_zero:
         orders[-1] = 1
     return orders
+
+
+class DPMSolverPPOptions(CommonOptions, CompensationOptions, DualFastOptions, total=False):
+    """The options DPM-Solver++ takes besides its own."""
 
 
 class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
@@ -70,13 +78,14 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
 
     config_family = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
                      "DPMSolverMultistepInverseScheduler")
-    family_options = {
-        "algorithm_type": "dpmsolver++",
-        "solver_type": "midpoint",
-        "singlestep": False,
-        "euler_at_final": False,
-        "third_order_taylor": False,
-    }
+
+    def __init__(self, *, algorithm_type: Literal["dpmsolver++", "sde-dpmsolver++"] = "dpmsolver++",
+                 solver_type: Literal["midpoint", "heun"] = "midpoint", singlestep: bool = False,
+                 euler_at_final: bool = False, third_order_taylor: bool = False,
+                 **options: Unpack[DPMSolverPPOptions]) -> None:
+        """DPM-Solver++'s own options; ``options``: DC-Solver's, DualFast's and the common ones (the constructor
+        is generated from this signature, see ``SolverScheduler.__init_subclass__``)."""
+
     target = "data"
 
     def normalize_config(self) -> None:

@@ -39,9 +39,10 @@ method section itself) do not settle them:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from .engine import ANCHOR, Grid, Lin, TableLayout, X
+from .engine.options import option_defaults
 
 DUALFAST_SCHEDULES = ("linear", "constant")
 
@@ -55,13 +56,18 @@ def mixing_coefficient(strength: float, schedule: str, n: int, run_steps: int) -
     return strength * n / (run_steps - 1)
 
 
+class DualFastOptions(TypedDict, total=False):
+    """DualFast's options (``Annotated[type, default]``)."""
+
+    dualfast_strength: Annotated[float, 0.0]  # the largest mixing coefficient c; 0 = off
+    dualfast_schedule: Annotated[Literal["linear", "constant"], "linear"]  # c over the steps: 0 -> strength, or flat
+
+
 class DualFastMixing:
     """Mixin for multistep families: the ``dualfast_*`` options and the mixed output (``mix_output``)."""
 
-    family_options: ClassVar[dict[str, Any]] = {
-        "dualfast_strength": 0.0,  # the largest mixing coefficient c; 0 = off
-        "dualfast_schedule": "linear",  # c over the steps: "linear" (0 -> strength) or "constant"
-    }
+    family_options: ClassVar[dict[str, Any]] = option_defaults(DualFastOptions)
+    option_fields: ClassVar[type] = DualFastOptions
 
     @property
     def mixes(self) -> bool:

@@ -15,12 +15,15 @@ order is undefined (into sigma = 0, where h = inf makes every r_k = 0 and R sing
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
+from typing_extensions import Unpack
 
-from .dc_solver.compensation import DynamicCompensation
-from .dualfast import DualFastMixing
+from .dc_solver.compensation import CompensationOptions, DynamicCompensation
+from .dualfast import DualFastMixing, DualFastOptions
 from .engine import DATA, SAVED, Grid, Lin, M, SolverScheduler, StepRule, TableLayout, X
+from .engine.options import CommonOptions
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -57,6 +60,10 @@ def unipc_weights(lam: np.ndarray, s0: int, t: int, earlier: list[int], order: i
     return h_phi_1, b_h, rks, rhos
 
 
+class UniPCOptions(CommonOptions, CompensationOptions, DualFastOptions, total=False):
+    """The options UniPC takes besides its own."""
+
+
 class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     """UniPC as a diffusers scheduler (arXiv 2302.04867).
 
@@ -69,13 +76,13 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     """
 
     config_family = ("UniPCMultistepScheduler", "UniPCScheduler", "DCSolverScheduler")
-    family_options = {
-        "solver_type": "bh2",
-        "predict_x0": True,
-        "use_corrector": True,
-        "disable_corrector": [],
-        "solver_p": None,  # diffusers' "another scheduler as predictor": refused, see check_config
-    }
+
+    def __init__(self, *, solver_type: Literal["bh1", "bh2"] = "bh2", predict_x0: bool = True,
+                 use_corrector: bool = True, disable_corrector: list[int] = [],  # noqa: B006 (never mutated)
+                 solver_p: None = None,  # diffusers' "another scheduler as predictor": refused, see check_config
+                 **options: Unpack[UniPCOptions]) -> None:
+        """UniPC's own options; ``options``: DC-Solver's, DualFast's and the common ones (the constructor is
+        generated from this signature, see ``SolverScheduler.__init_subclass__``)."""
 
     def check_config(self) -> None:
         super().check_config()

@@ -25,9 +25,11 @@ import math
 import os
 
 import numpy as np
+from typing_extensions import Unpack
 
 from .engine import SAVED, Grid, Lin, M, S, SolverScheduler, StepRule, TableLayout, X
 from .engine.config_files import read_option_file
+from .engine.options import CommonOptions
 from .usf_schedule import ScheduleError, SolverSchedule, StepDecision
 
 
@@ -76,7 +78,12 @@ class USFScheduler(SolverScheduler):
     (no ``set_begin_index``); the last entry of its timesteps must be the noise schedule's clean end (e.g.
     -1 for DDPM-style discrete schedules)."""
 
-    family_options = {"solver_schedule": None}
+
+    def __init__(self, *, solver_schedule: dict | str | os.PathLike | None = None,
+                 **options: Unpack[CommonOptions]) -> None:
+        """USF's own option, the solver schedule; ``options``: the common ones (the constructor is generated from
+        this signature, see ``SolverScheduler.__init_subclass__``)."""
+
     order_range = (1, 4)
     target = "data"
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypedDict
 
 import numpy as np
 
 from ..engine import Grid, Lin, M, TableLayout
 from ..engine.config_files import read_option_file
+from ..engine.options import option_defaults
 from .cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
 
 DC_POINTS = 3  # Lagrange interpolation through three buffered outputs (the paper's dc_order 2)
@@ -81,6 +82,14 @@ def load_cpr(cpr: str | os.PathLike | dict) -> CascadePolynomialRegression:
     return CascadePolynomialRegression.from_config(cpr)
 
 
+class CompensationOptions(TypedDict, total=False):
+    """Dynamic compensation's options (``Annotated[type, default]``)."""
+
+    dc_ratios: Annotated[list[float] | None, None]  # one ratio per step
+    dc_cpr: Annotated[dict | str | None, None]  # CPR config dict, a shipped CPR's name, or a --cpr-out file's path
+    dc_guidance_scale: Annotated[float | None, None]  # the guidance scale the CPR is evaluated at
+
+
 class DynamicCompensation:
     """Mixin for multistep families: the ``dc_*`` options and the compensated current output.
 
@@ -88,11 +97,8 @@ class DynamicCompensation:
     ``StepRule(history_entry=...)``; the mixin adds the history it needs to the family's ``table_layout``.
     """
 
-    family_options: ClassVar[dict[str, Any]] = {
-        "dc_ratios": None,  # list, one ratio per step
-        "dc_cpr": None,  # CPR config dict, a shipped CPR's name, or a --cpr-out file (its contents are kept)
-        "dc_guidance_scale": None,  # the guidance scale the CPR is evaluated at
-    }
+    family_options: ClassVar[dict[str, Any]] = option_defaults(CompensationOptions)
+    option_fields: ClassVar[type] = CompensationOptions
     always_compensate: ClassVar[bool] = False  # DCSolverScheduler: on even when uncalibrated (ratios 1)
 
     @property

@@ -13,58 +13,77 @@ import difflib
 import inspect
 import math
 import numbers
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict, get_type_hints
 
 from diffusers.configuration_utils import register_to_config
 
 from .grids import FINAL_SIGMA_TYPES
 from .predictions import PREDICTION_TYPES
 
-COMMON_OPTIONS: dict[str, Any] = {
+
+class CommonOptions(TypedDict, total=False):
+    """The options every solver family takes: ``name: Annotated[type, default]`` (diffusers' names and defaults)."""
+
     # training noise schedule (diffusers' names)
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
-    "rescale_betas_zero_snr": False,
-    "snr_shift_scale": 1.0,  # CogVideoX: alpha_bar / (s + (1 - s) alpha_bar)
-    "noise_schedule": "discrete",  # "discrete" (betas), or continuous VP "linear" / "cosine"
-    "use_flow_sigmas": False,  # flow matching: x_t = (1 - sigma) x0 + sigma eps
-    "flow_shift": 1.0,
-    "use_dynamic_shifting": False,
-    "time_shift_type": "exponential",
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-    "shift_terminal": None,  # flow matching: stretch the shifted sigmas to end at this value (Wan, LTX)
+    num_train_timesteps: Annotated[int, 1000]
+    beta_start: Annotated[float, 0.0001]
+    beta_end: Annotated[float, 0.02]
+    beta_schedule: Annotated[Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"], "linear"]
+    trained_betas: Annotated[list[float] | None, None]
+    rescale_betas_zero_snr: Annotated[bool, False]
+    snr_shift_scale: Annotated[float, 1.0]  # CogVideoX: alpha_bar / (s + (1 - s) alpha_bar)
+    noise_schedule: Annotated[Literal["discrete", "linear", "cosine"], "discrete"]  # betas, or a continuous VP
+    use_flow_sigmas: Annotated[bool, False]  # flow matching: x_t = (1 - sigma) x0 + sigma eps
+    flow_shift: Annotated[float, 1.0]
+    use_dynamic_shifting: Annotated[bool, False]
+    time_shift_type: Annotated[Literal["exponential", "linear"], "exponential"]
+    base_shift: Annotated[float, 0.5]
+    max_shift: Annotated[float, 1.15]
+    base_image_seq_len: Annotated[int, 256]
+    max_image_seq_len: Annotated[int, 4096]
+    # flow matching: stretch the shifted sigmas to end at this value (Wan, LTX)
+    shift_terminal: Annotated[float | None, None]
     # model
-    "prediction_type": "epsilon",
-    "variance_type": None,
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
+    prediction_type: Annotated[Literal["epsilon", "v_prediction", "sample", "flow_prediction"], "epsilon"]
+    variance_type: Annotated[str | None, None]
+    thresholding: Annotated[bool, False]
+    dynamic_thresholding_ratio: Annotated[float, 0.995]
+    sample_max_value: Annotated[float, 1.0]
     # grid
-    "timestep_spacing": "linspace",
-    "steps_offset": 0,
-    "use_karras_sigmas": False,
-    "use_exponential_sigmas": False,
-    "use_beta_sigmas": False,
-    "use_lu_lambdas": False,
-    "final_sigmas_type": "zero",
-    "sigma_min": None,  # range of the karras / exponential / beta grids (default: the schedule's own)
-    "sigma_max": None,
-    "rho": 7.0,  # Karras grid exponent
+    timestep_spacing: Annotated[Literal["linspace", "leading", "trailing", "quadratic", "logsnr", "karras",
+                                        "exponential", "beta"], "linspace"]
+    steps_offset: Annotated[int, 0]
+    use_karras_sigmas: Annotated[bool, False]
+    use_exponential_sigmas: Annotated[bool, False]
+    use_beta_sigmas: Annotated[bool, False]
+    use_lu_lambdas: Annotated[bool, False]
+    final_sigmas_type: Annotated[Literal["zero", "sigma_min"], "zero"]
+    # range of the karras / exponential / beta grids (default: the schedule's own)
+    sigma_min: Annotated[float | None, None]
+    sigma_max: Annotated[float | None, None]
+    rho: Annotated[float, 7.0]  # Karras grid exponent
     # EDM (arXiv 2206.00364): a number switches to the VE schedule x0 + sigma eps with EDM preconditioning,
     # sigma in [sigma_min, sigma_max] (defaults 0.002, 80), on a sigma_schedule grid ("karras" / "exponential")
-    "sigma_data": None,
-    "sigma_schedule": None,
-    "lambda_min_clipped": None,  # time grids of discrete schedules start below this log-SNR clip (None/-inf: none)
+    sigma_data: Annotated[float | None, None]
+    sigma_schedule: Annotated[Literal["karras", "exponential"] | None, None]
+    # time grids of discrete schedules start below this log-SNR clip (None / -inf: none)
+    lambda_min_clipped: Annotated[float | None, None]
     # solver
-    "solver_order": 2,
-    "lower_order_final": True,
-}
+    solver_order: Annotated[int, 2]
+    lower_order_final: Annotated[bool, True]
+
+
+def option_defaults(options: type) -> dict[str, Any]:
+    """{name: default} of an options TypedDict whose keys are ``Annotated[type, default]``."""
+    return {name: hint.__metadata__[0] for name, hint in get_type_hints(options, include_extras=True).items()}
+
+
+def option_types(options: type) -> dict[str, Any]:
+    """{name: type} of an options TypedDict (the ``Annotated`` defaults stripped)."""
+    return get_type_hints(options)
+
+
+COMMON_OPTIONS: dict[str, Any] = option_defaults(CommonOptions)
 
 
 
@@ -114,9 +133,17 @@ def check_common_options(cfg, scheduler_name: str, order_range: tuple[int, int])
              "lambda_min_clipped applies to discrete VP schedules (beta_schedule) only")
 
 
-def make_init(options: dict[str, Any]):
-    """An ``__init__`` whose signature lists every option, so diffusers' from_config sees them all; unknown
-    keywords raise ``TypeError`` as a written-out signature would."""
+def declared_options(init) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(defaults, types) of the keyword-only parameters of a family's own ``__init__`` (its typed declaration)."""
+    hints = get_type_hints(init)
+    params = [p for p in inspect.signature(init).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return {p.name: p.default for p in params}, {p.name: hints.get(p.name, Any) for p in params}
+
+
+def make_init(options: dict[str, Any], types: dict[str, Any], doc: str | None = None):
+    """The constructor of a scheduler class: keyword-only, one parameter per option (typed, with its default), so
+    ``help()``, ``inspect.signature`` and diffusers' ``from_config`` see them all; unknown keywords raise
+    ``TypeError`` naming the closest option."""
 
     def __init__(self, **config):
         unknown = sorted(set(config) - set(options))
@@ -127,7 +154,9 @@ def make_init(options: dict[str, Any]):
         self._setup()
 
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in options.items()]
-    __init__.__signature__ = inspect.Signature(params)
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v,
+                                 annotation=types.get(k, inspect.Parameter.empty)) for k, v in options.items()]
+    __init__.__signature__ = inspect.Signature(params, return_annotation=None)
+    __init__.__doc__ = doc
+    __init__.generated = True  # subclasses without an ``__init__`` of their own inherit the options, not re-declare
     return register_to_config(__init__)
-

@@ -38,7 +38,7 @@ from .config_loading import translate_config
 from .grids import Grid, build_grid, resolve_spacing
 from .layout import TableLayout
 from .noise_schedules import EDM, VPDiscrete
-from .options import COMMON_OPTIONS, check_common_options, make_init
+from .options import COMMON_OPTIONS, CommonOptions, check_common_options, declared_options, make_init, option_types
 from .plan import StepPlan, build_plan
 from .predictions import conversion
 from .step_rule import Lin, M, StepRule
@@ -56,26 +56,51 @@ def warmup_order(order: int, i: int, n: int, num_steps: int, lower_order_final: 
     return max(1, min(order, n + 1))
 
 
+def _type_name(annotation) -> str:
+    """``list[float] | None`` rather than ``typing.Optional[...]`` reprs, for the generated docstrings."""
+    if annotation is None:
+        return "Any"
+    return getattr(annotation, "__name__", None) if isinstance(annotation, type) else \
+        str(annotation).replace("typing.", "")
+
+
 class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
     """Base of the linear-combination solvers; see the module docstring."""
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
     order = 1  # model calls per timestep entry (diffusers' meaning), not the solver order
 
+    # options a class adds: a family declares them as keyword-only parameters of its own ``__init__`` (typed, with
+    # defaults; the body is never run), a mixin as a TypedDict of ``Annotated[type, default]`` (``option_fields``)
     family_options: ClassVar[dict[str, Any]] = {}
-    default_overrides: ClassVar[dict[str, Any]] = {}
+    option_fields: ClassVar[type | None] = None
+    default_overrides: ClassVar[dict[str, Any]] = {}  # common options whose default differs for this family
     order_range: ClassVar[tuple[int, int]] = (1, 3)
     # class names (ours and diffusers') whose configs use this family's option vocabulary; from_config keeps
     # their solver options and resets those of any other class
     config_family: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
+        """Generate the constructor from every option the class and its bases declare (``options.make_init``)."""
         super().__init_subclass__(**kwargs)
-        options = dict(COMMON_OPTIONS)
+        declared = cls.__dict__.get("__init__")
+        if declared is not None and not getattr(declared, "generated", False):
+            cls.family_options, cls._family_option_types = declared_options(declared)
+        options, types = dict(COMMON_OPTIONS), option_types(CommonOptions)
         for klass in reversed(cls.__mro__):
+            fields = klass.__dict__.get("option_fields")
+            if fields is not None:
+                types.update(option_types(fields))
+            types.update(klass.__dict__.get("_family_option_types", {}))
             options.update(klass.__dict__.get("default_overrides", {}))
             options.update(klass.__dict__.get("family_options", {}))
-        cls.__init__ = make_init(options)
+        # the signature lists the family's own options first, then its features', then the common ones
+        order = [k for klass in cls.__mro__ for k in klass.__dict__.get("family_options", {})] + list(COMMON_OPTIONS)
+        options = {k: options[k] for k in dict.fromkeys(order)}
+        listing = "\n".join(f"    {k}: {_type_name(types.get(k))} = {v!r}" for k, v in options.items())
+        doc = (f"{cls.__name__}'s options: its own, its features', then those every solver shares (diffusers' "
+               f"names; ``engine/options.py``).\n\n{listing}\n")
+        cls.__init__ = make_init(options, types, doc)
 
     # ----------------------------------------------------------------------------------- family API
     target: ClassVar[str] = "data"  # what M(k) holds: "data" or "noise" predictions
