@@ -68,7 +68,7 @@ def test_compensated_history_matches_float64_interpolation(cls, kw):
             expected = raw
         recorded.append(expected)
         slot = int(sched.plan.slots[i])
-        got = sched._history[slot].numpy()
+        got = sched.history[slot].numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)  # fp32 accumulation
         assert not np.allclose(expected, raw) or i < 2
 
@@ -111,11 +111,11 @@ def test_cpr_config_drives_the_ratios():
     cpr = simple_cpr(1.0, 0.2)
     sched = DCSolverScheduler(dc_cpr=cpr, dc_guidance_scale=3.0)
     sched.set_timesteps(10)
-    np.testing.assert_allclose(sched._dc_ratios, [1, 1] + [1.0 + 0.2 * s / 10 for s in range(3, 11)])
+    np.testing.assert_allclose(sched.compensation_ratios, [1, 1] + [1.0 + 0.2 * s / 10 for s in range(3, 11)])
     # a dict from the config runs the same as explicit ratios
     x = _x(6)
     a = run_sampler(DCSolverScheduler(dc_cpr=cpr, dc_guidance_scale=3.0), GMM, x, 10)
-    b = run_sampler(DCSolverScheduler(dc_ratios=list(sched._dc_ratios)), GMM, x, 10)
+    b = run_sampler(DCSolverScheduler(dc_ratios=list(sched.compensation_ratios)), GMM, x, 10)
     assert torch.equal(a, b)
 
 

@@ -125,7 +125,7 @@ def test_unipc_history_records_the_mixed_output(predict_x0):
         mixed = (1 + c) * outs[i] - c * anchor
         expected = mixed if not predict_x0 else (x - g.sigma[i] * mixed) / g.alpha[i]
         x = sched.step(outs[i], ts, x).prev_sample
-        got = sched._history[int(sched.plan.slots[i])].double()
+        got = sched.history[int(sched.plan.slots[i])].double()
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -161,7 +161,7 @@ def test_with_dynamic_compensation_mixes_then_compensates():
             expected = lagrange_f64(g.t[i - 2:i + 1], [recorded[i - 2], recorded[i - 1], mixed], at)
         recorded.append(expected)
         x = sched.step(outs[i], ts, x).prev_sample
-        got = sched._history[int(sched.plan.slots[i])].double().numpy()
+        got = sched.history[int(sched.plan.slots[i])].double().numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -146,6 +146,11 @@ class DynamicCompensation:
             return np.ones(num_steps)
         return None
 
+    @property
+    def compensation_ratios(self) -> np.ndarray | None:
+        """The ratio of each step of the current run (set by ``set_timesteps``), or None without compensation."""
+        return None if getattr(self, "_dc_ratios", None) is None else self._dc_ratios.copy()
+
     def prepare_plan(self, grid: Grid) -> None:
         super().prepare_plan(grid)
         self._dc_ratios = self.resolve_ratios(grid.num_steps)

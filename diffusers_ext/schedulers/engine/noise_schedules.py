@@ -148,7 +148,7 @@ class VPContinuous(NoiseSchedule):
 class FlowMatching(NoiseSchedule):
     """Rectified flow: x_t = (1 - sigma) x_0 + sigma eps, model time = sigma * num_train_timesteps.
 
-    The flow ``shift`` (and dynamic ``mu``) warp the grid, not the schedule: see ``grids.shift_flow``.
+    The flow ``shift`` (and dynamic ``mu``) warp the grid, not the schedule: see ``grids.shift_flow_sigmas``.
     Sigma-based grids are spaced in sigma itself, as diffusers' FlowMatchEulerDiscreteScheduler does.
     """
 

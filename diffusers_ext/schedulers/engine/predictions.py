@@ -6,7 +6,7 @@ With x = alpha x0 + sigma eps, the parameterizations are
 ``sigma_data``; alpha = 1) the raw output F of an ``epsilon`` / ``v_prediction`` network gives
 x0 = c_skip x + c_out F, c_skip = sigma_data^2 / (sigma^2 + sigma_data^2), c_out = +-sigma sigma_data /
 sqrt(sigma^2 + sigma_data^2). Each is linear in (x, output), so a solver can fold the conversion into its
-step coefficients (DESIGN.md section 3).
+step coefficients (``plan.build_plan``).
 """
 
 from __future__ import annotations

@@ -166,6 +166,7 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         self._grid: Grid | None = None
         self._device: torch.device | None = None
         self._started = False
+        self._history: torch.Tensor | None = None
         T = self.config.num_train_timesteps
         if isinstance(self.noise_schedule, EDM):  # model times are log(sigma) / 4, not 0..T-1
             times = np.linspace(self.noise_schedule.t_max, self.noise_schedule.t_min, T)
@@ -240,6 +241,12 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         if self._plan is None:
             raise ValueError(f"{type(self).__name__} has no plan before set_timesteps")
         return self._plan
+
+    @property
+    def history(self) -> torch.Tensor | None:
+        """A copy of the run's history ring (K earlier outputs, then K samples for families that record them);
+        ``plan.write_slots[i]`` says where step i wrote. None before the first step or without history."""
+        return None if self._history is None else self._history.clone()
 
     @property
     def step_index(self) -> int | None:
