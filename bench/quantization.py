@@ -4,6 +4,7 @@
 
 Fixed sampler: DPM-Solver++ 2M, 10 steps, guidance 1. Calibration: 64 samples (seed 0) along that trajectory.
 Error: relative output MSE of the quantized UNet on a held-out fp32 trajectory's inputs (64 samples, seed 1).
+Each row is ``diffusers_ext.quant.quantize_pipeline``, what ``diffusers-ext quantize`` runs.
 FID: digits-cnn FID of 500 samples against the train split, seeds 1-3 (mean and std).
 """
 
@@ -14,15 +15,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import torch
 from report import quantization_table
 from results_io import line_count, say_if_cached
 
 from diffusers_ext import DPMSolverPPScheduler
 from diffusers_ext.eval.sweep import Cell, DigitsMetric
-from diffusers_ext.models.digits import NUM_CLASSES, load_pipeline
-from diffusers_ext.quant import collect_layer_inputs, quantize, save_quantized
-from diffusers_ext.quant.trajectory import record_trajectory, trajectory_error
+from diffusers_ext.models.digits import load_pipeline
+from diffusers_ext.quant import quantize_pipeline, save_quantized
 from diffusers_ext.results_log import append_row, read_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,12 +35,6 @@ CONFIGS = {  # name: (weights, activations, rounding)
     "W4A8 INT4, nearest": ("int4", "int8", "nearest"),
     "W4A8 INT4, learned": ("int4", "int8", "learned"),
 }
-
-
-def trajectory_run(pipe, seed, samples=64):
-    labels = torch.arange(samples) % NUM_CLASSES
-    return lambda: pipe(class_labels=labels, num_inference_steps=NFE, guidance_scale=GUIDANCE,
-                        generator=torch.Generator().manual_seed(seed), output_type="pt")
 
 
 def main():
@@ -58,21 +51,17 @@ def main():
             continue
         metric = metric or DigitsMetric(args.samples, cache_dir=RESULTS.parent.parent / "results" / "stats-cache")
         pipe = load_pipeline(DPMSolverPPScheduler)
-        held_out = record_trajectory(pipe.unet, trajectory_run(pipe, seed=1))
-        float_bytes = sum(p.numel() * 4 for p in pipe.unet.parameters())
-        row = {"config": name, "nfe": NFE, "guidance": GUIDANCE, "float32_bytes": float_bytes}
+        weights, activations, rounding = spec or (None, None, "nearest")
+        result = quantize_pipeline(pipe, weights, activations, rounding, iterations=args.iterations,
+                                   num_inference_steps=NFE, guidance_scale=GUIDANCE, num_samples=64, seed=0)
+        row = {"config": name, "nfe": NFE, "guidance": GUIDANCE, "float32_bytes": result["float32_bytes"]}
         if spec is not None:
-            weights, activations, rounding = spec
-            calibration = collect_layer_inputs(pipe.unet, trajectory_run(pipe, seed=0))
-            quantize(pipe.unet, weights, activations, calibration, rounding=rounding,
-                     rounding_iterations=args.iterations, seed=0)
-            row["report"] = pipe.unet.quantization_report
+            row["report"] = result["report"]
             with tempfile.TemporaryDirectory() as tmp:
                 row["file_bytes"] = save_quantized(pipe.unet, Path(tmp) / "q.safetensors").stat().st_size
         else:
-            row["file_bytes"] = float_bytes
-        error = trajectory_error(pipe.unet, held_out)
-        row["relative_mse"], row["mse_per_step"] = error["relative_mse"], error["mse_per_step"]
+            row["file_bytes"] = result["float32_bytes"]
+        row["relative_mse"], row["mse_per_step"] = result["relative_mse"], result["mse_per_step"]
         metric.pipe = pipe
         fids = [metric(pipe.scheduler, Cell("dpm++2m", NFE, GUIDANCE, seed)) for seed in (1, 2, 3)]
         row.update(fid_mean=statistics.mean(fids), fid_std=statistics.stdev(fids), fids=fids)

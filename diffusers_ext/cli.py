@@ -109,11 +109,11 @@ def _calibrate_dc(args) -> int:
               "seed": args.seed}
     if args.model == "gmm":
         from .models import GaussianMixtureDenoiser
+        from .sampling import model_fn
 
         if guidances != [1.0]:
             raise SystemExit("the gmm model is unconditional: use --guidance 1")
-        gmm = GaussianMixtureDenoiser()
-        model, kwargs["sample_shape"] = (lambda x, t: gmm(x, t).sample), (2, 4, 4)
+        model, kwargs["sample_shape"] = model_fn(GaussianMixtureDenoiser()), (2, 4, 4)
         kwargs["scheduler"] = make_scheduler(path, overrides)
     else:
         if args.model == "digits":
@@ -153,12 +153,12 @@ def _search(args) -> int:
     objective_name = args.objective or ("fid" if args.model == "digits" else "endpoint")
     if args.model == "gmm":
         from .models import GaussianMixtureDenoiser
+        from .sampling import model_fn
 
         if objective_name != "endpoint":
             raise SystemExit("the gmm model's objective is the endpoint error (--objective endpoint)")
-        gmm = GaussianMixtureDenoiser()
         noise = torch.randn(args.samples, 2, 4, 4, generator=torch.Generator().manual_seed(args.seed))
-        objective = EndpointObjective(lambda x, t: gmm(x, t).sample, noise)
+        objective = EndpointObjective(model_fn(GaussianMixtureDenoiser()), noise)
         config = None
     elif args.model == "digits":
         if objective_name == "fid":
@@ -189,13 +189,10 @@ def _search(args) -> int:
 
 
 def _quantize(args) -> int:
-    import torch
-
     from .eval.gmm_accuracy import make_scheduler
     from .eval.sweep import parse_scheduler
-    from .models.digits import NUM_CLASSES, load_pipeline
-    from .quant import collect_layer_inputs, quantize, save_quantized
-    from .quant.trajectory import record_trajectory, trajectory_error
+    from .models.digits import load_pipeline
+    from .quant import quantize_pipeline, save_quantized
 
     if args.model != "digits":
         raise SystemExit(f"--model {args.model!r}: only the embedded 'digits' model is supported by the CLI; "
@@ -203,21 +200,12 @@ def _quantize(args) -> int:
     pipe = load_pipeline()
     path, overrides = parse_scheduler(args.scheduler)
     pipe.scheduler = type(make_scheduler(path)).from_config(pipe.scheduler.config, **overrides)
-
-    def run(seed):
-        labels = torch.arange(args.samples) % NUM_CLASSES
-        return lambda: pipe(class_labels=labels, num_inference_steps=args.nfe, guidance_scale=args.guidance,
-                            generator=torch.Generator().manual_seed(seed), output_type="pt")
-
-    calibration = collect_layer_inputs(pipe.unet, run(args.seed))
-    held_out = record_trajectory(pipe.unet, run(args.seed + 1))
-    float_bytes = sum(p.numel() * 4 for p in pipe.unet.parameters())
-    quantize(pipe.unet, weights=args.weights, activations=None if args.activations == "none" else args.activations,
-             calibration=calibration, rounding=args.rounding, rounding_iterations=args.iterations, seed=args.seed)
-    error = trajectory_error(pipe.unet, held_out)
+    result = quantize_pipeline(pipe, args.weights, None if args.activations == "none" else args.activations,
+                               args.rounding, iterations=args.iterations, num_inference_steps=args.nfe,
+                               guidance_scale=args.guidance, num_samples=args.samples, seed=args.seed)
     out = save_quantized(pipe.unet, args.out)
     print(json.dumps({"weights": args.weights, "activations": args.activations, "rounding": args.rounding,
-                      "held_out_relative_mse": error["relative_mse"], "float32_bytes": float_bytes,
+                      "held_out_relative_mse": result["relative_mse"], "float32_bytes": result["float32_bytes"],
                       "file_bytes": os.path.getsize(out), "out": str(out)}))
     return 0
 

@@ -4,6 +4,7 @@
 import numpy as np
 
 from diffusers_ext import DCSolverScheduler, DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
+from diffusers_ext.sampling import model_fn, sample
 
 
 def simple_cpr(c0=1.0, c1=-0.1, nfe_range=(3, 50), guidance_range=(1, 15)) -> dict:
@@ -44,12 +45,11 @@ def make(name, **overrides):
 
 
 def run_sampler(scheduler, model, x, num_steps=None, generator=None, **set_kw):
+    """``sampling.sample`` of a diffusers-style model; ``set_timesteps(num_steps, **set_kw)`` first if given."""
     if num_steps is not None or set_kw:
         scheduler.set_timesteps(num_steps, **set_kw)
     extra = {} if generator is None else {"generator": generator}  # diffusers' UniPC/DEIS reject generator
-    for t in scheduler.timesteps:
-        x = scheduler.step(model(x, t).sample, t, x, **extra).prev_sample
-    return x
+    return sample(model_fn(model), scheduler, x, extra_step_kwargs=extra)
 
 
 def tiny_tokenizer(tmp_path):

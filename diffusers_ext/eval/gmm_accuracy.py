@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.gmm import GaussianMixtureDenoiser
+from ..sampling import model_fn, sample
 
 # name -> (class path, config overrides); "diffusers:" classes are diffusers' own schedulers
 DEFAULT_SOLVERS: dict[str, tuple[str, dict]] = {
@@ -51,11 +52,8 @@ def make_scheduler(class_path: str, overrides: dict | None = None):
 
 
 def sample_with(scheduler, model, noise: torch.Tensor, nfe: int) -> torch.Tensor:
-    scheduler.set_timesteps(nfe)
-    x = noise * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        x = scheduler.step(model(x, t).sample, t, x).prev_sample
-    return x
+    """``sampling.sample`` of a diffusers-style ``model`` (one returning ``.sample``) for ``nfe`` steps."""
+    return sample(model_fn(model), scheduler, noise, nfe)
 
 
 def gmm_accuracy(solvers: dict[str, tuple[str, dict]] | None = None, nfes=DEFAULT_NFES, num_samples: int = 256,

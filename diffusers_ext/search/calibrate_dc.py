@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..results_log import append_row, canonical, exclusive, fingerprint, identity, read_rows, scheduler_identity
-from ..schedulers import DCSolverScheduler, DPMSolverPPScheduler
+from ..sampling import reference_scheduler, sample
+from ..schedulers import DCSolverScheduler
 from ..schedulers.dc_solver.compensation import DynamicCompensation
 from ..schedulers.dc_solver.cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
 from .denoisers import Denoiser, pipeline_denoiser
@@ -112,27 +113,20 @@ def _fine_times(coarse, per: int) -> np.ndarray:
 
 def reference_trajectory(model: Denoiser, scheduler, num_inference_steps: int, noise: torch.Tensor,
                          reference_steps: int = 200, progress: bool = True) -> list[torch.Tensor]:
-    """States of a fine solve at every time of the scheduler's coarse grid (the noise first, the end last)."""
+    """States of a fine solve (``sampling.reference_scheduler`` on a grid uniform in lambda inside each coarse
+    step) at every time of the scheduler's coarse grid (the noise first, the end last)."""
     coarse = type(scheduler).from_config(scheduler.config, dc_ratios=[1.0] * num_inference_steps, dc_cpr=None)
     coarse.set_timesteps(num_inference_steps)
     per = max(1, math.ceil(reference_steps / num_inference_steps))
     fine_times = _fine_times(coarse, per)
-    fine = DPMSolverPPScheduler.from_config(scheduler.config, solver_order=3, third_order_taylor=True,
-                                            lower_order_final=True, dc_ratios=None, dc_cpr=None,
-                                            use_karras_sigmas=False, use_exponential_sigmas=False,
-                                            use_beta_sigmas=False, use_lu_lambdas=False)
+    fine = reference_scheduler(scheduler.config)
     fine.set_timesteps(timesteps=fine_times.tolist())
     reached = fine.grid.t[1:]  # the time after each fine step
-    record = {k for k, t in enumerate(reached) if np.any(np.isclose(t, coarse.grid.t[1:], rtol=0, atol=1e-9))}
+    record = [k for k, t in enumerate(reached) if np.any(np.isclose(t, coarse.grid.t[1:], rtol=0, atol=1e-9))]
     if len(record) != num_inference_steps or not np.isclose(reached[-1], coarse.grid.t[-1]):
         raise AssertionError("the reference grid must contain every time of the coarse grid")
-    states, x = [noise], noise
-    with torch.no_grad():
-        for k, ts in enumerate(tqdm(fine.timesteps, desc="reference solve", disable=not progress, leave=False)):
-            x = fine.step(model(x, ts), ts, x).prev_sample
-            if k in record:
-                states.append(x)
-    return states
+    _, states = sample(model, fine, noise, progress=progress, record=record)
+    return [noise, *states]
 
 
 def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples: int = 10,

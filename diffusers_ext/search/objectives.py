@@ -6,35 +6,24 @@ import math
 
 import torch
 
+from ..sampling import reference_solve, sample
 from ..schedulers import USFScheduler
 
 
 class EndpointObjective:
-    """Mean squared error of a schedule's endpoint against a 200-step reference (DPM-Solver++ 3M with
-    third-order Taylor, uniform in log-SNR) on calibration noises; ``model(x, t) -> output``."""
+    """Mean squared error of a schedule's endpoint against a 200-step reference (``sampling.reference_solve``:
+    DPM-Solver++ 3M with third-order Taylor, uniform in log-SNR, on the config's schedule) on calibration
+    noises; ``model(x, t) -> output``."""
 
     def __init__(self, model, noise: torch.Tensor, scheduler_config=None, reference_steps: int = 200):
-        from ..schedulers import DPMSolverPPScheduler
-
         self.model, self.noise = model, noise
         self.config = scheduler_config
-        ref = DPMSolverPPScheduler.from_config(scheduler_config or {}, solver_order=3, third_order_taylor=True,
-                                               use_lu_lambdas=True, lower_order_final=True)
-        ref.set_timesteps(reference_steps)
-        x = noise
-        with torch.no_grad():
-            for t in ref.timesteps:
-                x = ref.step(model(x, t), t, x).prev_sample
-        self.reference = x.double()
+        self.reference = reference_solve(model, scheduler_config, noise, reference_steps).double()
         self.reference_evaluations = reference_steps * len(noise)
 
     def __call__(self, schedule: dict) -> tuple[float, int]:
         sched = USFScheduler.from_config(self.config or {}, solver_schedule=schedule)
-        sched.set_timesteps(sched.schedule.nfe)
-        x = self.noise * sched.init_noise_sigma
-        with torch.no_grad():
-            for t in sched.timesteps:
-                x = sched.step(self.model(x, t), t, x).prev_sample
+        x = sample(self.model, sched, self.noise, sched.schedule.nfe)
         err = float((x.double() - self.reference).pow(2).mean())
         return (err if math.isfinite(err) else math.inf), len(sched.timesteps) * len(self.noise)
 
