@@ -101,6 +101,10 @@ def _fine_times(coarse, per: int) -> np.ndarray:
         last_into_clean = j == grid.num_steps - 1 and not np.isfinite(lam_b)
         if last_into_clean:
             t_b = float(schedule.t_min)
+            if t_a - t_b <= 1e-9 * abs(schedule.t_max - schedule.t_min):
+                # sigma-based grids (karras, exponential, logsnr, beta) already end at t_min: nothing to refine
+                times.append(np.array([t_a]))
+                continue
             lam_b = float(schedule.lambda_(np.array([t_b]))[0])
         if np.isfinite(lam_a) and np.isfinite(lam_b) and lam_b > lam_a:
             points = schedule.t_of_lambda(np.linspace(lam_a, lam_b, per + 1))
