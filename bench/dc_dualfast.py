@@ -22,8 +22,9 @@ from pathlib import Path
 from results_io import line_count, say_if_cached, write_json
 
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
-from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
+from diffusers_ext.eval.sweep import model_identity, plot, run_sweep, summarize, summary_table
 from diffusers_ext.models import GaussianMixtureDenoiser
+from diffusers_ext.sampling import model_fn
 from diffusers_ext.schedulers.dc_solver.compensation import SHIPPED_CPR
 from diffusers_ext.search import calibrate_dc_grid, fit_cpr
 
@@ -87,13 +88,9 @@ def main():
     before = {p: line_count(p) for p in logs}
 
     # --- GMM: calibrate per NFE (guidance 1 only: the mixture is unconditional)
-    gmm = GaussianMixtureDenoiser()
-
-    def gmm_model(x, t):
-        return gmm(x, t).sample
-
-    gmm_cal = calibrate_dc_grid(gmm_model, sorted(set(BENCH_NFES) | set(FIT_NFES)), (1.0,), sample_shape=(2, 4, 4),
-                                out=RESULTS / "dc_calibration_gmm.jsonl", progress=False)
+    gmm_cal = calibrate_dc_grid(model_fn(GaussianMixtureDenoiser()), sorted(set(BENCH_NFES) | set(FIT_NFES)), (1.0,),
+                                sample_shape=(2, 4, 4), out=RESULTS / "dc_calibration_gmm.jsonl", progress=False,
+                                model_key=model_identity("gmm"))
     gmm_cpr = fit_cpr({k: v for k, v in gmm_cal.items() if k[0] in FIT_NFES}).to_config()
     rows = run_sweep("gmm", SPECS, list(BENCH_NFES), [1.0], seeds, 256, RESULTS / "dc_dualfast_gmm.jsonl",
                      factories=factories(gmm_cal, gmm_cpr))

@@ -93,6 +93,7 @@ from diffusers_ext import (  # noqa: E402
 from diffusers_ext.models import GaussianMixtureDenoiser  # noqa: E402
 from diffusers_ext.models.tiny_masked_transformer import TinyMaskedTransformer  # noqa: E402
 from diffusers_ext.quant import QuantizedLayer, get_format, input_scale, weight_scales  # noqa: E402
+from diffusers_ext.sampling import model_fn, sample  # noqa: E402
 
 KERNEL = importlib.import_module("diffusers_ext.kernels.lincomb")  # the module (the package exports the function)
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,17 +171,10 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm())
 
 
-def sample_loop(scheduler, model, x: torch.Tensor) -> torch.Tensor:
-    """Our or diffusers' loop over ``scheduler.timesteps`` (set already)."""
-    for t in scheduler.timesteps:
-        x = scheduler.step(model(x, t), t, x).prev_sample
-    return x
-
-
 def gmm_model(dtype: torch.dtype):
     """The exact Gaussian-mixture denoiser (float64 inside), returning the sample's dtype."""
-    gmm = GaussianMixtureDenoiser()
-    return lambda x, t: gmm(x.float(), t).sample.to(dtype)
+    gmm = model_fn(GaussianMixtureDenoiser())
+    return lambda x, t: gmm(x.float(), t).to(dtype)
 
 
 def dummy_denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -326,7 +320,7 @@ def correctness(sizes: Sizes, device: torch.device) -> dict:
         for label, cls in (("diffusers", theirs_cls), ("ours", ours_cls)):
             scheduler = cls(**kw)
             scheduler.set_timesteps(LOOP_STEPS, device=device)
-            finals[label] = sample_loop(scheduler, model, x0.clone())
+            finals[label] = sample(model, scheduler, x0.clone())
         rel = relative_difference(finals["diffusers"], finals["ours"])
         diffusers_rows.append({"scheduler": name, "dtype": "float32", "relative_difference": rel,
                                "tolerance": DIFFUSERS_TOLERANCE, "passed": rel < DIFFUSERS_TOLERANCE})
@@ -388,8 +382,7 @@ def host_syncs(run, device: torch.device) -> int | None:
 
 
 def eager_loop(scheduler, x: torch.Tensor, steps: int) -> torch.Tensor:
-    scheduler.set_timesteps(steps, device=x.device)
-    return sample_loop(scheduler, dummy_denoiser, x)
+    return sample(dummy_denoiser, scheduler, x, steps)
 
 
 def graph_loop(make, x: torch.Tensor, steps: int, repeats: int) -> dict:
@@ -397,11 +390,11 @@ def graph_loop(make, x: torch.Tensor, steps: int, repeats: int) -> dict:
     failed capture is reported, not raised."""
     reference = make()
     start_at_first_step(reference, steps, x.device)()
-    reference = sample_loop(reference, dummy_denoiser, x)
+    reference = sample(dummy_denoiser, reference, x)
     scheduler = make()
     try:
         graph, out = captured(start_at_first_step(scheduler, steps, x.device),
-                              lambda: sample_loop(scheduler, dummy_denoiser, x))
+                              lambda: sample(dummy_denoiser, scheduler, x))
         graph.replay()
     except Exception as error:
         with contextlib.suppress(Exception):
@@ -426,7 +419,7 @@ def cuda_graph(sizes: Sizes, device: torch.device) -> dict:
                 scheduler.set_timesteps(steps, device=device)
                 if begin is not None:
                     scheduler.set_begin_index(begin)
-                row[f"{label}_{key}"] = host_syncs(lambda s=scheduler: sample_loop(s, dummy_denoiser, x), device)
+                row[f"{label}_{key}"] = host_syncs(lambda s=scheduler: sample(dummy_denoiser, s, x), device)
         rows.append(row)
     if device.type != "cuda":
         return {"rows": rows, "graph": "skipped: needs CUDA (CUDA graphs, sync debug mode)"}

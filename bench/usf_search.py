@@ -21,6 +21,7 @@ from results_io import line_count, say_if_cached, write_json
 from diffusers_ext import DCSolverScheduler, USFScheduler
 from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
 from diffusers_ext.models import GaussianMixtureDenoiser
+from diffusers_ext.sampling import model_fn
 from diffusers_ext.schedulers.usf import SHIPPED_SCHEDULES
 from diffusers_ext.search import DigitsFIDObjective, EndpointObjective, s3_search
 
@@ -54,9 +55,8 @@ def main():
     before = {p: line_count(p) for p in logs}
     summary = {}
 
-    gmm = GaussianMixtureDenoiser()
     noise = torch.randn(32, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    gmm_found = search_all(EndpointObjective(lambda x, t: gmm(x, t).sample, noise), "gmm", args.evals, 32)
+    gmm_found = search_all(EndpointObjective(model_fn(GaussianMixtureDenoiser()), noise), "gmm", args.evals, 32)
     digits_objective = DigitsFIDObjective(300, cache_dir="results/stats-cache")
     digits_found = search_all(digits_objective, "digits", args.evals, 300)
     plain = search_all(digits_objective, "digits", args.evals, 300, predictor=False, nfes=(5,))

@@ -28,9 +28,11 @@ REFERENCE_STEPS = 200
 
 def model_fn(denoiser, **kwargs) -> Model:
     """``(x, t) -> denoiser(x, t, **kwargs).sample``: a diffusers-style model (``kwargs`` e.g. ``class_labels``)
-    as the plain callable ``sample`` takes."""
+    as the plain callable ``sample`` takes. Its name names the denoiser's class (resume keys read it)."""
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return denoiser(x, t, **kwargs).sample
+
+    model.__module__, model.__qualname__ = type(denoiser).__module__, f"model_fn({type(denoiser).__qualname__})"
     return model
 
 
