@@ -8,45 +8,40 @@ import pytest
 import torch
 
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
-from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.schedulers.dc_solver.cpr import CascadePolynomialRegression
 from tests.helpers import dpm_solver_pp_2m_f64, lagrange_f64, run_sampler, simple_cpr
 
-GMM = GaussianMixtureDenoiser()
-
-
-def _x(seed=0, dtype=torch.float32):
-    return torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+SHAPE = (6, 2, 4, 4)
 
 
 @pytest.mark.parametrize("kw", [{}, {"solver_order": 3}, {"solver_order": 1}, {"solver_type": "bh1"},
                                 {"prediction_type": "v_prediction"}])
 @pytest.mark.parametrize("n", [5, 8])
-def test_ratios_of_one_are_unipc_exactly(kw, n):
-    x = _x()
-    unipc = run_sampler(UniPCScheduler(**kw), GMM, x, n)
-    dc = run_sampler(DCSolverScheduler(dc_ratios=[1.0] * n, **kw), GMM, x, n)
+def test_ratios_of_one_are_unipc_exactly(kw, n, gmm, seeded_noise):
+    x = seeded_noise(SHAPE)
+    unipc = run_sampler(UniPCScheduler(**kw), gmm, x, n)
+    dc = run_sampler(DCSolverScheduler(dc_ratios=[1.0] * n, **kw), gmm, x, n)
     assert torch.equal(unipc, dc)
 
 
-def test_uncalibrated_warns_and_is_unipc():
-    x = _x(1)
+def test_uncalibrated_warns_and_is_unipc(gmm, seeded_noise):
+    x = seeded_noise(SHAPE, 1)
     with pytest.warns(UserWarning, match="uncalibrated"):
-        dc = run_sampler(DCSolverScheduler(), GMM, x, 6)
-    assert torch.equal(dc, run_sampler(UniPCScheduler(), GMM, x, 6))
+        dc = run_sampler(DCSolverScheduler(), gmm, x, 6)
+    assert torch.equal(dc, run_sampler(UniPCScheduler(), gmm, x, 6))
 
 
-def test_dpm_solver_pp_ratios_of_one_are_unchanged():
-    x = _x(2)
-    for order in (2, 3):
-        base = run_sampler(DPMSolverPPScheduler(solver_order=order), GMM, x, 7)
-        dc = run_sampler(DPMSolverPPScheduler(solver_order=order, dc_ratios=[1.0] * 7), GMM, x, 7)
-        assert torch.equal(base, dc)
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_solver_pp_ratios_of_one_are_unchanged(order, gmm, seeded_noise):
+    x = seeded_noise(SHAPE, 2)
+    base = run_sampler(DPMSolverPPScheduler(solver_order=order), gmm, x, 7)
+    dc = run_sampler(DPMSolverPPScheduler(solver_order=order, dc_ratios=[1.0] * 7), gmm, x, 7)
+    assert torch.equal(base, dc)
 
 
 @pytest.mark.parametrize("cls,kw", [(DCSolverScheduler, {}), (DCSolverScheduler, {"solver_order": 3}),
                                     (DPMSolverPPScheduler, {"solver_order": 2})])
-def test_compensated_history_matches_float64_interpolation(cls, kw):
+def test_compensated_history_matches_float64_interpolation(cls, kw, seeded_noise):
     """Random model outputs (prediction_type 'sample', so the history holds them as given): after step i the
     recorded entry is the Lagrange interpolation of the three newest entries at t_{i-1} + rho_i (t_i - t_{i-1})."""
     n = 8
@@ -55,7 +50,7 @@ def test_compensated_history_matches_float64_interpolation(cls, kw):
     sched = cls(prediction_type="sample", dc_ratios=ratios, **kw)
     sched.set_timesteps(n)
     t = sched.grid.t
-    x = _x(3, torch.float64)
+    x = seeded_noise(SHAPE, 3, torch.float64)
     recorded = []  # what the history should hold, computed independently
     for i, ts in enumerate(sched.timesteps):
         out = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64)
@@ -73,14 +68,14 @@ def test_compensated_history_matches_float64_interpolation(cls, kw):
         assert not np.allclose(expected, raw) or i < 2
 
 
-def test_dpm_solver_pp_2m_with_compensation_matches_direct_formula():
+def test_dpm_solver_pp_2m_with_compensation_matches_direct_formula(gmm, seeded_noise):
     """Whole run of DPM-Solver++ 2M with compensation against a direct float64 loop (arXiv 2211.01095 eq. 2M,
     with m_i replaced by its compensated value)."""
     n = 6
     ratios = [1.0, 1.0, 1.2, 0.8, 1.1, 0.95]
     sched = DPMSolverPPScheduler(dc_ratios=ratios, lower_order_final=False, final_sigmas_type="sigma_min")
-    x0 = _x(4, torch.float64)
-    ours = run_sampler(sched, GMM, x0, n)
+    x0 = seeded_noise(SHAPE, 4, torch.float64)
+    ours = run_sampler(sched, gmm, x0, n)
     g = sched.grid
 
     def compensated(i, x, eps, ms):
@@ -90,32 +85,31 @@ def test_dpm_solver_pp_2m_with_compensation_matches_direct_formula():
         at = g.t[i - 1] + ratios[i] * (g.t[i] - g.t[i - 1])
         return torch.from_numpy(lagrange_f64(g.t[i - 2:i + 1], [ms[-2].numpy(), ms[-1].numpy(), m.numpy()], at))
 
-    x = dpm_solver_pp_2m_f64(sched, GMM, x0, compensated)
+    x = dpm_solver_pp_2m_f64(sched, gmm, x0, compensated)
     assert ((ours - x).norm() / x.norm()).item() < 1e-6  # the kernel accumulates in fp32
 
 
-def test_ratios_change_the_result_and_save_pretrained_keeps_them(tmp_path):
-    x = _x(5)
+def test_ratios_change_the_result_and_save_pretrained_keeps_them(tmp_path, gmm, seeded_noise, reload_scheduler):
+    x = seeded_noise(SHAPE, 5)
     ratios = [1.0, 1.0, 1.3, 0.7, 1.2]
     sched = DCSolverScheduler(dc_ratios=ratios)
-    a = run_sampler(sched, GMM, x, 5)
-    assert not torch.allclose(a, run_sampler(UniPCScheduler(), GMM, x, 5))
-    sched.save_pretrained(tmp_path)
+    a = run_sampler(sched, gmm, x, 5)
+    assert not torch.allclose(a, run_sampler(UniPCScheduler(), gmm, x, 5))
+    again = reload_scheduler(sched)
     config = json.loads((tmp_path / "scheduler_config.json").read_text())
     assert config["dc_ratios"] == ratios
-    again = DCSolverScheduler.from_pretrained(tmp_path)
-    assert torch.equal(a, run_sampler(again, GMM, x, 5))
+    assert torch.equal(a, run_sampler(again, gmm, x, 5))
 
 
-def test_cpr_config_drives_the_ratios():
+def test_cpr_config_drives_the_ratios(gmm, seeded_noise):
     cpr = simple_cpr(1.0, 0.2)
     sched = DCSolverScheduler(dc_cpr=cpr, dc_guidance_scale=3.0)
     sched.set_timesteps(10)
     np.testing.assert_allclose(sched.compensation_ratios, [1, 1] + [1.0 + 0.2 * s / 10 for s in range(3, 11)])
     # a dict from the config runs the same as explicit ratios
-    x = _x(6)
-    a = run_sampler(DCSolverScheduler(dc_cpr=cpr, dc_guidance_scale=3.0), GMM, x, 10)
-    b = run_sampler(DCSolverScheduler(dc_ratios=list(sched.compensation_ratios)), GMM, x, 10)
+    x = seeded_noise(SHAPE, 6)
+    a = run_sampler(DCSolverScheduler(dc_cpr=cpr, dc_guidance_scale=3.0), gmm, x, 10)
+    b = run_sampler(DCSolverScheduler(dc_ratios=list(sched.compensation_ratios)), gmm, x, 10)
     assert torch.equal(a, b)
 
 
@@ -173,7 +167,7 @@ def test_singlestep_refuses_compensation():
         DPMSolverPPScheduler(singlestep=True, dc_ratios=[1.0] * 4)
 
 
-def test_shipped_digits_cpr_is_finite_everywhere_and_runs():
+def test_shipped_digits_cpr_is_finite_everywhere_and_runs(gmm, seeded_noise):
     from diffusers_ext.schedulers.dc_solver.compensation import load_cpr
 
     cpr = load_cpr("digits")
@@ -184,6 +178,6 @@ def test_shipped_digits_cpr_is_finite_everywhere_and_runs():
             for g in (1.0, 3.0, 7.5, 15.0):
                 ratios = cpr.ratios(nfe, g)
                 assert ratios.shape == (nfe,) and np.all(np.isfinite(ratios)) and np.all(np.abs(ratios - 1) < 0.5)
-    x = _x(3)
-    out = run_sampler(DCSolverScheduler(dc_cpr="digits", dc_guidance_scale=3.0), GMM, x, 6)
-    assert torch.isfinite(out).all() and not torch.equal(out, run_sampler(UniPCScheduler(), GMM, x, 6))
+    x = seeded_noise(SHAPE, 3)
+    out = run_sampler(DCSolverScheduler(dc_cpr="digits", dc_guidance_scale=3.0), gmm, x, 6)
+    assert torch.isfinite(out).all() and not torch.equal(out, run_sampler(UniPCScheduler(), gmm, x, 6))

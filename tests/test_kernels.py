@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from diffusers_ext.kernels import lincomb
-from diffusers_ext.models import GaussianMixtureDenoiser
 from tests.helpers import make, run_sampler
 
 TOL = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -80,19 +79,21 @@ def test_lincomb_single_output_and_shape_errors():
         lincomb(torch.empty(4), torch.tensor([1.0, 2.0]), [a, torch.ones(5)])
 
 
-@pytest.mark.parametrize("name", ["dpm++3m", "unipc-bh2", "deis-heun"])
-def test_scheduler_through_triton_kernel(monkeypatch, name):
-    """A whole sampling run through the Triton kernel equals the torch path."""
-    model = GaussianMixtureDenoiser()
-    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+THROUGH_KERNEL = {"dpm++3m": 0, "unipc-bh2": 0, "deis-heun": 0, "dpm++2m-dualfast": 9, "dc-solver-dualfast": 9}
+
+
+@pytest.mark.parametrize("name", list(THROUGH_KERNEL))
+def test_scheduler_through_triton_kernel(monkeypatch, name, gmm, seeded_noise):
+    """A whole sampling run through the Triton kernel equals the torch path (noise seed per variant)."""
+    x = seeded_noise((2, 3, 8, 8), THROUGH_KERNEL[name])
     outs = {}
     for backend in ("triton", "torch"):
         monkeypatch.setenv("DIFFUSERS_EXT_BACKEND", backend)
-        outs[backend] = run_sampler(make(name), model, x, 6)
+        outs[backend] = run_sampler(make(name), gmm, x, 6)
     torch.testing.assert_close(outs["triton"], outs["torch"], rtol=1e-5, atol=1e-5)
 
 
-def test_triton_backend_is_really_used(monkeypatch):
+def test_triton_backend_is_really_used(monkeypatch, gmm):
     """Guard against a silent fallback: with the triton backend the kernel launches during a step."""
     import importlib
 
@@ -102,5 +103,5 @@ def test_triton_backend_is_really_used(monkeypatch):
     real = mod.triton_lincomb
     monkeypatch.setattr(mod, "triton_lincomb", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("DIFFUSERS_EXT_BACKEND", "triton")
-    run_sampler(make("unipc-bh2"), GaussianMixtureDenoiser(), torch.randn(1, 2, 4, 4), 3)
+    run_sampler(make("unipc-bh2"), gmm, torch.randn(1, 2, 4, 4), 3)
     assert len(calls) == 3

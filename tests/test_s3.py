@@ -6,18 +6,15 @@ import pytest
 import torch
 
 from diffusers_ext import USFScheduler
-from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.schedulers.usf_schedule import SolverSchedule
 from diffusers_ext.search import EndpointObjective, s3_search
 
-GMM = GaussianMixtureDenoiser()
 NOISE_SCHEDULE = USFScheduler().noise_schedule
 
 
 @pytest.fixture(scope="module")
-def objective():
-    noise = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    return EndpointObjective(lambda x, t: GMM(x, t).sample, noise)
+def objective(gmm_eps, seeded_noise):
+    return EndpointObjective(gmm_eps, seeded_noise((16, 2, 4, 4)))
 
 
 def test_search_improves_on_its_first_population(objective):
@@ -49,7 +46,7 @@ def test_plain_evolution_and_bad_input(objective):
         s3_search(objective, NOISE_SCHEDULE, 0, budget=10)
 
 
-def test_cli_search_writes_a_runnable_schedule(tmp_path, capsys):
+def test_cli_search_writes_a_runnable_schedule(tmp_path, capsys, gmm):
     from diffusers_ext.cli import main
 
     out = tmp_path / "best.json"
@@ -63,7 +60,7 @@ def test_cli_search_writes_a_runnable_schedule(tmp_path, capsys):
     sched = USFScheduler(solver_schedule=schedule)
     sched.set_timesteps(4)
     for t in sched.timesteps:
-        x = sched.step(GMM(x, t).sample, t, x).prev_sample
+        x = sched.step(gmm(x, t).sample, t, x).prev_sample
     assert torch.isfinite(x).all()
     assert main(argv) == 0  # resumed: the archive already holds the budget
     assert len((tmp_path / "archive.jsonl").read_text().splitlines()) == 60

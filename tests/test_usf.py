@@ -8,16 +8,11 @@ import pytest
 import torch
 
 from diffusers_ext import DPMSolverPPScheduler, UniPCScheduler, USFScheduler
-from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.schedulers import hand_designed_schedule
 from diffusers_ext.schedulers.usf_schedule import ScheduleError
 from tests.helpers import run_sampler
 
-GMM = GaussianMixtureDenoiser()
-
-
-def _x(seed=0):
-    return torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+SHAPE = (8, 2, 4, 4)
 
 
 def _times(n, **kw):
@@ -37,17 +32,17 @@ def _rel(a, b):
     ("unipc-bh2", lambda: UniPCScheduler()),
     ("unipc-bh1", lambda: UniPCScheduler(solver_type="bh1")),
 ])
-def test_hand_designed_schedules_reproduce_their_solvers(n, name, reference):
-    x = _x()
+def test_hand_designed_schedules_reproduce_their_solvers(n, name, reference, gmm, seeded_noise):
+    x = seeded_noise(SHAPE, dtype=torch.float64)
     usf = USFScheduler(solver_schedule=hand_designed_schedule(name, _times(n)))
-    assert _rel(run_sampler(usf, GMM, x, n), run_sampler(reference(), GMM, x, n)) < 1e-5
+    assert _rel(run_sampler(usf, gmm, x, n), run_sampler(reference(), gmm, x, n)) < 1e-5
 
 
 @pytest.mark.parametrize("n", [5, 8])
-def test_noise_prediction_unipc_schedule(n):
-    x = _x(1)
+def test_noise_prediction_unipc_schedule(n, gmm, seeded_noise):
+    x = seeded_noise(SHAPE, 1, torch.float64)
     usf = USFScheduler(solver_schedule=hand_designed_schedule("unipc-bh2", _times(n), prediction="noise"))
-    assert _rel(run_sampler(usf, GMM, x, n), run_sampler(UniPCScheduler(predict_x0=False), GMM, x, n)) < 1e-5
+    assert _rel(run_sampler(usf, gmm, x, n), run_sampler(UniPCScheduler(predict_x0=False), gmm, x, n)) < 1e-5
 
 
 def _direct_usf(schedule, x, model):
@@ -99,7 +94,7 @@ def _direct_usf(schedule, x, model):
     return x_eval
 
 
-def test_general_schedule_matches_direct_float64_update():
+def test_general_schedule_matches_direct_float64_update(gmm, seeded_noise):
     """Mixed prediction types, orders 1-4, skipped points, relaxation and pseudo-correctors."""
     times = _times(7)
     steps = [
@@ -116,14 +111,14 @@ def test_general_schedule_matches_direct_float64_update():
         s.setdefault("relaxation", 0.0)
         s.setdefault("corrector", "none")
     schedule = {"version": 1, "timesteps": times, "steps": steps}
-    x = _x(2)
-    ours = run_sampler(USFScheduler(solver_schedule=schedule), GMM, x.float(), 7)
+    x = seeded_noise(SHAPE, 2, torch.float64)
+    ours = run_sampler(USFScheduler(solver_schedule=schedule), gmm, x.float(), 7)
     # measured 1.1e-5: the kernel accumulates in fp32 and order-4 weights cancel; changing one step's
     # relaxation from 0.1 to 0.11 moves the result by 9e-4, so the bound still tells schedules apart
-    assert _rel(ours.double(), _direct_usf(schedule, x, GMM)) < 5e-5
+    assert _rel(ours.double(), _direct_usf(schedule, x, gmm)) < 5e-5
 
 
-def test_order_three_multistep_is_third_order_dpm_solver_pp():
+def test_order_three_multistep_is_third_order_dpm_solver_pp(gmm, seeded_noise):
     n = 8
     times = _times(n)
     orders = [1, 2] + [3] * (n - 4) + [2, 1]
@@ -131,16 +126,15 @@ def test_order_three_multistep_is_third_order_dpm_solver_pp():
               "relaxation": "dpm-solver-2" if p == 2 else 0.0} for p in orders]  # warm-up / final: the 2M update
     usf = USFScheduler(solver_schedule={"version": 1, "timesteps": times, "steps": steps})
     ref = DPMSolverPPScheduler(solver_order=3, third_order_taylor=True)
-    x = _x(3)
-    assert _rel(run_sampler(usf, GMM, x, n), run_sampler(ref, GMM, x, n)) < 1e-5
+    x = seeded_noise(SHAPE, 3, torch.float64)
+    assert _rel(run_sampler(usf, gmm, x, n), run_sampler(ref, gmm, x, n)) < 1e-5
 
 
-def test_save_pretrained_keeps_the_schedule(tmp_path):
+def test_save_pretrained_keeps_the_schedule(gmm, seeded_noise, reload_scheduler):
     sched = USFScheduler(solver_schedule=hand_designed_schedule("unipc-bh2", _times(6)))
-    sched.save_pretrained(tmp_path)
-    loaded = USFScheduler.from_pretrained(tmp_path)
-    x = _x(4)
-    assert torch.equal(run_sampler(loaded, GMM, x, 6), run_sampler(sched, GMM, x, 6))
+    loaded = reload_scheduler(sched)
+    x = seeded_noise(SHAPE, 4, torch.float64)
+    assert torch.equal(run_sampler(loaded, gmm, x, 6), run_sampler(sched, gmm, x, 6))
 
 
 def test_digits_pipeline_runs_a_schedule():
@@ -180,20 +174,20 @@ def test_bad_input():
         hand_designed_schedule("heun", times)
 
 
-def test_shipped_digits_schedules_load_by_name():
+def test_shipped_digits_schedules_load_by_name(gmm, seeded_noise):
     from diffusers_ext.schedulers.usf import shipped_schedule_names
 
     assert {f"digits-nfe{n}" for n in (4, 5, 6, 8, 10)} <= set(shipped_schedule_names())
     for n in (4, 5, 6, 8, 10):
         sched = USFScheduler(solver_schedule=f"digits-nfe{n}")
         sched.set_timesteps(n)
-        x = run_sampler(sched, GMM, _x(5).float(), n)
+        x = run_sampler(sched, gmm, seeded_noise(SHAPE, 5, torch.float64).float(), n)
         assert torch.isfinite(x).all()
     with pytest.raises(ValueError, match="valid names: .*digits-nfe5"):
         USFScheduler(solver_schedule="digits-nfe7")
 
 
-def test_analytical_first_step_saves_a_model_call():
+def test_analytical_first_step_saves_a_model_call(gmm, seeded_noise):
     """zero_x0: step 0 is x_1 = (sigma_1 / sigma_0) x_0 without a model call; the rest is the schedule."""
     from diffusers_ext.eval.gmm_accuracy import sample_with
 
@@ -206,16 +200,16 @@ def test_analytical_first_step_saves_a_model_call():
     t1 = int(reduced["timesteps"][0])
     expected_scale = float(((1 - alphas_cumprod[t1]) / (1 - alphas_cumprod[999])).sqrt())
     assert sched.init_noise_sigma == pytest.approx(expected_scale, rel=1e-9)
-    noise = _x(6).float()
+    noise = seeded_noise(SHAPE, 6, torch.float64).float()
     calls = []
 
     def counting(x, t):
         calls.append(t)
-        return GMM(x, t)
+        return gmm(x, t)
 
     out = sample_with(sched, counting, noise, 5)
     assert len(calls) == 5 and float(sched.timesteps[0]) == t1
-    torch.testing.assert_close(out, run_sampler(USFScheduler(solver_schedule=reduced), GMM, noise * expected_scale,
+    torch.testing.assert_close(out, run_sampler(USFScheduler(solver_schedule=reduced), gmm, noise * expected_scale,
                                                 5), rtol=0, atol=0)
     bad = {**afs, "steps": [{"prediction": "data", "order": 1}, {"prediction": "data", "order": 2}] +
            afs["steps"][2:]}

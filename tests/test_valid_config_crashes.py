@@ -2,8 +2,6 @@
 config read back) and checked against diffusers where the algorithm coincides, else against the exact
 Gaussian-mixture endpoint."""
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -15,27 +13,21 @@ from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.schedulers import hand_designed_schedule
 from tests.helpers import DC, run_sampler
 
-GMM = GaussianMixtureDenoiser()
 
-
-def _x(n=16, seed=0):
-    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _reload(scheduler, tmp_path, cls=None, **kw):
-    """``scheduler``'s config saved and read back by ``cls`` (default: its own class)."""
-    scheduler.save_pretrained(tmp_path)
-    return (cls or type(scheduler)).from_pretrained(tmp_path, **kw)
+@pytest.fixture(scope="module")
+def start_noise(seeded_noise):
+    """``start_noise(n=16, seed=0)``: n float64 samples of dimension 4."""
+    return lambda n=16, seed=0: seeded_noise((n, 4), seed, torch.float64)
 
 
 def _rms(a, b):
     return (a - b).pow(2).mean().sqrt().item()
 
 
-@functools.lru_cache
-def _exact(n=16, seed=0):
-    """The exact probability-flow endpoint of ``_x(n, seed)`` under ``GMM`` (from t = 999 to sigma = 0)."""
-    return GMM.ode_endpoint(_x(n, seed), 999.0, rtol=1e-8, atol=1e-10)
+@pytest.fixture(scope="module")
+def exact_endpoint(gmm, start_noise):
+    """The exact probability-flow endpoint of ``start_noise()`` under ``gmm`` (from t = 999 to sigma = 0)."""
+    return gmm.ode_endpoint(start_noise(), 999.0, rtol=1e-8, atol=1e-10)
 
 
 def _flow_config(tmp_path):
@@ -45,51 +37,50 @@ def _flow_config(tmp_path):
 
 # ------------------------------------------------------------------ UniPC / DC order 3, lower_order_final=False
 @pytest.mark.parametrize("solver_type", ["bh1", "bh2"])
-def test_unipc_order3_without_lower_order_final(tmp_path, solver_type):
+def test_unipc_order3_without_lower_order_final(solver_type, gmm, reload_scheduler, start_noise, exact_endpoint):
     """diffusers runs it only to sigma_min (into sigma = 0 its own solve fails on the singular system):
     equal there, equal step by step up to the step into sigma = 0, which lowers its order instead of
     raising LinAlgError, and ends close to the exact endpoint."""
-    x, n = _x(), 10
+    x, n = start_noise(), 10
     for final in ("sigma_min", "zero"):
         theirs = UniPCMultistepScheduler(solver_order=3, lower_order_final=False, solver_type=solver_type,
                                          final_sigmas_type=final)
-        ours = _reload(theirs, tmp_path / final, cls=UniPCScheduler)
+        ours = reload_scheduler(theirs, final, cls=UniPCScheduler)
         assert ours.config.solver_order == 3 and not ours.config.lower_order_final
         ours.set_timesteps(n)
         theirs.set_timesteps(n)
         a, b = x.clone(), x.clone()
         for i, t in enumerate(ours.timesteps):
-            a = ours.step(GMM(a, t).sample, t, a).prev_sample
+            a = ours.step(gmm(a, t).sample, t, a).prev_sample
             if final == "zero" and i == n - 1:
                 break
-            b = theirs.step(GMM(b, t).sample, t, b).prev_sample
+            b = theirs.step(gmm(b, t).sample, t, b).prev_sample
             assert float((a - b).norm() / b.norm()) < 1e-5, (final, i)
-    exact = _exact()
-    default = run_sampler(UniPCScheduler(solver_order=3, solver_type=solver_type), GMM, x, n)
-    ddim = run_sampler(DPMSolverPPScheduler(solver_order=1), GMM, x, n)
+    default = run_sampler(UniPCScheduler(solver_order=3, solver_type=solver_type), gmm, x, n)
+    ddim = run_sampler(DPMSolverPPScheduler(solver_order=1), gmm, x, n)
     assert torch.isfinite(a).all()
-    assert _rms(a, exact) < 1.05 * _rms(default, exact) and _rms(a, exact) < 0.9 * _rms(ddim, exact)
+    err = _rms(a, exact_endpoint)
+    assert err < 1.05 * _rms(default, exact_endpoint) and err < 0.9 * _rms(ddim, exact_endpoint)
 
 
-def test_dc_solver_order3_without_lower_order_final(tmp_path):
-    x, n = _x(), 10
-    dc = _reload(DCSolverScheduler(solver_order=3, lower_order_final=False, **DC), tmp_path)
-    out = run_sampler(dc, GMM, x, n)
-    exact = _exact()
-    unipc = run_sampler(UniPCScheduler(solver_order=3), GMM, x, n)
-    assert torch.isfinite(out).all() and _rms(out, exact) < 1.2 * _rms(unipc, exact)
+def test_dc_solver_order3_without_lower_order_final(gmm, reload_scheduler, start_noise, exact_endpoint):
+    x, n = start_noise(), 10
+    dc = reload_scheduler(DCSolverScheduler(solver_order=3, lower_order_final=False, **DC))
+    out = run_sampler(dc, gmm, x, n)
+    unipc = run_sampler(UniPCScheduler(solver_order=3), gmm, x, n)
+    assert torch.isfinite(out).all() and _rms(out, exact_endpoint) < 1.2 * _rms(unipc, exact_endpoint)
 
 
 # ------------------------------------------------------------------ singlestep DPM-Solver++ on flow grids
 @pytest.mark.parametrize("order", [2, 3])
-def test_singlestep_dpm_solver_on_flow_grid(tmp_path, order):
+def test_singlestep_dpm_solver_on_flow_grid(tmp_path, order, start_noise):
     """A FlowMatchEulerDiscreteScheduler config starts at sigma = 1 (alpha = 0): the first step is a lone
     first-order step, the blocks follow it."""
     path = _flow_config(tmp_path)
     ours = DPMSolverPPScheduler.from_pretrained(path, singlestep=True, solver_order=order)
     assert ours.config.use_flow_sigmas and ours.config.prediction_type == "flow_prediction"
     model = GaussianMixtureDenoiser(schedule=ours, prediction_type="flow_prediction")
-    x, n = _x(64), 20
+    x, n = start_noise(64), 20
     out = run_sampler(ours, model, x, n)
     assert float(ours.timesteps[0]) == 1000.0
     exact = model.ode_endpoint(x, 1000.0)
@@ -111,7 +102,7 @@ USF_REFERENCES = {
 
 
 @pytest.mark.parametrize("solver,prediction", list(USF_REFERENCES))
-def test_usf_hand_designed_on_flow_grid_from_sigma_one(tmp_path, solver, prediction):
+def test_usf_hand_designed_on_flow_grid_from_sigma_one(tmp_path, solver, prediction, start_noise):
     """At alpha = 0 a noise step is the data step and an undefined corrector is skipped, as in UniPCScheduler;
     the bh2 corrector from alpha = 0 takes its finite limit."""
     path = _flow_config(tmp_path)
@@ -124,22 +115,22 @@ def test_usf_hand_designed_on_flow_grid_from_sigma_one(tmp_path, solver, predict
     usf = USFScheduler.from_pretrained(path, solver_schedule=hand_designed_schedule(solver, times,
                                                                                     prediction=prediction))
     model = GaussianMixtureDenoiser(schedule=usf, prediction_type="flow_prediction")
-    x = _x(8)
+    x = start_noise(8)
     a, b = run_sampler(usf, model, x, n), run_sampler(reference, model, x, n)
     assert torch.isfinite(a).all() and float((a - b).norm() / b.norm()) < 1e-5
 
 
 @pytest.mark.parametrize("n", [15, 16, 25])
 @pytest.mark.parametrize("solver", ["dpm++2m", "unipc-bh2"])
-def test_usf_hand_designed_from_15_steps(tmp_path, n, solver):
+def test_usf_hand_designed_from_15_steps(n, solver, gmm, reload_scheduler, start_noise):
     """The step into sigma = 0 is first order at any step count (diffusers' DPM-Solver++ and UniPC)."""
     cls, kw = USF_REFERENCES[solver, "data"]
-    reference = _reload(cls(**kw), tmp_path)
+    reference = reload_scheduler(cls(**kw))
     reference.set_timesteps(n)
     times = [float(t) for t in reference.grid.t]
-    usf = _reload(USFScheduler(solver_schedule=hand_designed_schedule(solver, times)), tmp_path / "usf")
-    x = _x(8)
-    a, b = run_sampler(usf, GMM, x, n), run_sampler(reference, GMM, x, n)
+    usf = reload_scheduler(USFScheduler(solver_schedule=hand_designed_schedule(solver, times)), "usf")
+    x = start_noise(8)
+    a, b = run_sampler(usf, gmm, x, n), run_sampler(reference, gmm, x, n)
     assert float((a - b).norm() / b.norm()) < 1e-5
 
 
@@ -178,22 +169,22 @@ def _drift_endpoint(x):
     return torch.from_numpy(sol.y[:, -1]).reshape(x.shape) * s1**2 / a1
 
 
-def test_sde_3m_third_order_taylor_is_third_order_in_the_drift(tmp_path):
+def test_sde_3m_third_order_taylor_is_third_order_in_the_drift(reload_scheduler, start_noise):
     """With zero noise the update integrates the drift; the exp(-2h) Taylor weights give order 3 (they
     diverged before: diffusers' +0.5 constant with the doubled D2)."""
-    x = _x()
+    x = start_noise()
     exact = _drift_endpoint(x)
-    taylor = _reload(DPMSolverPPScheduler(solver_order=3, third_order_taylor=True, **SDE_KW), tmp_path)
+    taylor = reload_scheduler(DPMSolverPPScheduler(solver_order=3, third_order_taylor=True, **SDE_KW))
     errors = [_rms(_sde_run(taylor, x, [torch.zeros_like(x)] * n), exact) for n in (32, 64, 128)]
     slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     second = _rms(_sde_run(DPMSolverPPScheduler(**SDE_KW), x, [torch.zeros_like(x)] * 64), exact)
     assert np.all(slopes > 2.6) and errors[1] < second / 5, (errors, slopes, second)
 
 
-def test_sde_3m_third_order_taylor_converges_with_noise():
+def test_sde_3m_third_order_taylor_converges_with_noise(start_noise):
     """Strong error against a fine SDE-DPM-Solver++ 2M solve driven by the same Brownian path (coarse noises
     assembled from the fine ones): no divergence, on par with 2M (the noise limits both to first order)."""
-    x, fine_n = _x(), 256
+    x, fine_n = start_noise(), 256
     g = torch.Generator().manual_seed(5)
     fine_noise = [torch.randn(x.shape, generator=g, dtype=torch.float64) for _ in range(fine_n)]
     lam = np.linspace(*SDE_LAM, fine_n + 1)
