@@ -1,0 +1,130 @@
+"""diffusers_ext.tune: the catalogue's best scheduler at one NFE, chosen on calibration noise, checked on held-out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from diffusers_ext.models.gmm import GaussianMixtureDenoiser
+from diffusers_ext.results_log import read_rows
+from diffusers_ext.sampling import model_fn, reference_solve
+from diffusers_ext.schedulers import DPMSolverPPScheduler, UniPCScheduler
+from diffusers_ext.schedulers.engine.noise_schedules import FlowMatching
+from diffusers_ext.tune import beats_beyond_spread, catalogue, tune
+
+SHAPE = (2, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return GaussianMixtureDenoiser()
+
+
+def small_catalogue():
+    return catalogue(["dpm++2m", "unipc-bh2", "deis-ipndm3"], ["linspace", "quadratic", "karras"])
+
+
+def test_chooses_the_lowest_calibration_median_and_reports_held_out(gmm, tmp_path):
+    config = DPMSolverPPScheduler().config
+    result = tune(model_fn(gmm), 5, scheduler_config=config, sample_shape=SHAPE, num_calibration=6,
+                  num_validation=6, candidates=small_catalogue(), refine=False, progress=False)
+    assert len(result.report) == 9 and result.baseline is None
+    # recompute every candidate's errors with a plain loop against the same reference
+    noise = torch.randn((12, *SHAPE), generator=torch.Generator().manual_seed(0))
+    reference = reference_solve(model_fn(gmm), config, noise).double()
+    medians = {}
+    for cand in small_catalogue():
+        sched = cand.build(config)
+        sched.set_timesteps(5)
+        x = noise.clone()
+        for t in sched.timesteps:
+            x = sched.step(gmm(x, t).sample, t, x).prev_sample
+        err = (x.double() - reference).flatten(1).pow(2).mean(1).sqrt().numpy()
+        medians[cand.name] = (np.median(err[:6]), np.median(err[6:]))
+    best = min(medians, key=lambda k: medians[k][0])
+    assert result.chosen == best
+    for score in result.report:
+        np.testing.assert_allclose([score.calibration_median, score.validation_median], medians[score.name], rtol=1e-9)
+    assert result.model_calls == 12 * (200 + 9 * 5)  # the reference and each candidate, per sample
+    # the chosen scheduler carries its options through save / load
+    result.save(tmp_path)
+    loaded = type(result.scheduler).from_pretrained(tmp_path / "scheduler")
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}
+    assert public(loaded.config) == public(result.scheduler.config)
+    assert (tmp_path / "tune.png").stat().st_size > 1000 and "chosen" in (tmp_path / "tune.md").read_text()
+
+
+def test_resumes_from_its_results_file(gmm, tmp_path):
+    out = tmp_path / "tune.jsonl"
+    kw = dict(scheduler_config=DPMSolverPPScheduler().config, sample_shape=SHAPE, num_calibration=4, num_validation=4,
+              candidates=small_catalogue()[:4], refine=False, out=out, progress=False)
+    first = tune(model_fn(gmm), 4, **kw)
+    assert len(read_rows(out)) == 4 and first.model_calls > 0
+    again = tune(model_fn(gmm), 4, **kw)
+    assert again.model_calls == 0 and again.chosen == first.chosen  # nothing recomputed
+    other_nfe = tune(model_fn(gmm), 5, **kw)
+    assert other_nfe.model_calls > 0 and len(read_rows(out)) == 8
+
+
+def test_refinement_is_kept_only_beyond_the_spread(gmm):
+    result = tune(model_fn(gmm), 6, scheduler_config=UniPCScheduler().config, sample_shape=SHAPE, num_calibration=6,
+                  num_validation=8, candidates=catalogue(["unipc-bh2"], ["linspace"]), dc_draws=1, reference_steps=60,
+                  progress=False)
+    assert result.refinement is not None and len(result.refinement.options["dc_ratios"]) == 6
+    ratios = np.array(result.refinement.options["dc_ratios"])
+    assert np.all((ratios >= 0.5) & (ratios <= 1.5))
+    winner = result.report[0]
+    kept = beats_beyond_spread(result.refinement.validation, winner.validation)
+    assert result.refinement_kept == kept
+    assert (result.scheduler.config.dc_ratios is not None) == kept
+
+
+def test_beats_beyond_spread():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 2.0, 40)
+    assert beats_beyond_spread(base * 0.7, base)
+    assert not beats_beyond_spread(base * 0.999 + rng.normal(0, 0.3, 40), base)
+    assert not beats_beyond_spread(base * 1.2, base)
+
+
+def test_flow_matching_config(tmp_path):
+    """A saved FlowMatchEuler config (SD3/Flux-style): candidates follow its flow schedule."""
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(tmp_path)
+    config = FlowMatchEulerDiscreteScheduler.load_config(tmp_path)
+    model = GaussianMixtureDenoiser(schedule=FlowMatching(1000), prediction_type="flow_prediction")
+    result = tune(model_fn(model), 5, scheduler_config=config, sample_shape=SHAPE, num_calibration=4,
+                  num_validation=4, candidates=small_catalogue(), refine=False, progress=False)
+    assert result.scheduler.config.use_flow_sigmas and result.scheduler.config.flow_shift == 3.0
+    assert np.isfinite(result.report[0].validation_median) and result.report[0].validation_median < 0.5
+
+
+def test_digits_pipeline_with_guidance():
+    from diffusers_ext.models.digits import load_pipeline
+
+    pipe = load_pipeline()
+    result = tune(pipe, 4, guidance_scale=2.0, num_calibration=2, num_validation=2,
+                  candidates=catalogue(["dpm++2m"], ["linspace", "karras"]), refine=False, reference_steps=20,
+                  progress=False)
+    assert result.baseline is not None and result.baseline.name.startswith("model's own")
+    assert result.chosen in ("dpm++2m linspace", "dpm++2m karras")
+    pipe.scheduler = result.scheduler
+    images = pipe(class_labels=[3], num_inference_steps=4, guidance_scale=2.0, output_type="pt").images
+    assert torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"nfe": 0}, "nfe must be an integer >= 1"),
+    ({"nfe": 5, "num_validation": 0}, "num_calibration and num_validation"),
+    ({"nfe": 5, "sample_shape": None}, "needs sample_shape"),
+])
+def test_bad_input(gmm, kwargs, match):
+    kw = {"sample_shape": SHAPE, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        tune(model_fn(gmm), **kw)
+
+
+def test_unknown_catalogue_entries():
+    with pytest.raises(ValueError, match="Unknown catalogue entries.*solvers"):
+        catalogue(["dpm++9m"])
