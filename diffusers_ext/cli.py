@@ -16,7 +16,10 @@ DEMO_SCHEDULERS = ("dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "diffusers:DD
 def _demo(args) -> int:
     from .eval.gmm_accuracy import DEFAULT_NFES, gmm_accuracy, markdown_table, save
     from .eval.sweep import plot, run_sweep, summarize, summary_table
+    from .optional import require_extra
 
+    if not args.gmm_only:  # before the GMM part, not minutes later
+        require_extra("eval", "the demo's digits FID sweep and plot (--gmm-only skips them)")
     nfes = tuple(int(n) for n in args.nfe.split(",")) if args.nfe else DEFAULT_NFES
     os.makedirs(args.out, exist_ok=True)
     result = gmm_accuracy(nfes=nfes, num_samples=args.samples)
@@ -49,7 +52,9 @@ def _sweep(args) -> int:
     from pathlib import Path
 
     from .eval.sweep import _distributed, default_out, metric_label, plot, run_sweep, summarize, summary_table
+    from .optional import require_extra
 
+    require_extra("eval", "sweeps (FID and the plot)")  # before the sweep runs, not after it
     out = args.out or default_out(args.model)
     rows = run_sweep(args.model, _scheduler_specs(args), [int(n) for n in args.nfe.split(",") if n.strip()],
                      guidances=[float(g) for g in args.guidance.split(",")],
@@ -83,7 +88,9 @@ def _train_digits(args) -> int:
     from pathlib import Path
 
     from .models.digits import classifier, train
+    from .optional import require
 
+    require("sklearn.datasets", "train-digits (the digits data)")  # before the output folder is created
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     epochs = args.classifier_epochs if args.classifier_epochs is not None else train.classifier_epochs_for(args.steps)
@@ -228,6 +235,7 @@ def _short_names() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
+    from .optional import MissingDependency
     from .results_log import ResultsFileBusy
 
     parser = argparse.ArgumentParser(prog="diffusers-ext", description=__doc__)
@@ -330,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, ResultsFileBusy) as err:  # bad input: the message, no traceback
+    except (ValueError, TypeError, OSError, ResultsFileBusy, MissingDependency) as err:  # the message, no traceback
         print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

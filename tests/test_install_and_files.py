@@ -145,8 +145,11 @@ def _names(requirements) -> set[str]:
 
 
 def test_every_imported_distribution_is_a_runtime_dependency():
-    """A plain ``pip install`` runs every module: what the package imports is declared (or comes with a
-    declared dependency), not left to the [dev] extra."""
+    """What the package imports is a declared dependency (or comes with one), not left to the [dev] extra; the
+    optional packages (``diffusers_ext.optional.OPTIONAL``, imported through its ``require``) come with their
+    extra (tests/test_optional_deps.py)."""
+    from diffusers_ext.optional import OPTIONAL
+
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = _names(project["dependencies"])
@@ -159,7 +162,7 @@ def test_every_imported_distribution_is_a_runtime_dependency():
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 modules.add(node.module.partition(".")[0])
     distributions = md.packages_distributions()
-    third_party = {m for m in modules if m not in sys.stdlib_module_names and m != "diffusers_ext"}
+    third_party = {m for m in modules if m not in sys.stdlib_module_names and m not in ("diffusers_ext", *OPTIONAL)}
     missing = {m: distributions.get(m) for m in third_party
                if not any(_canonical(d) in provided for d in distributions.get(m, [m]))}
     assert not missing, f"imported but not declared in [project.dependencies]: {missing}"

@@ -7,9 +7,16 @@ uint8 images B x C x H x W with C = 1 or 3 (averaged to grey), resized to 8x8 if
 from __future__ import annotations
 
 import torch
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.helpers import vassert
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from ..optional import require
+
+try:
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.helpers import vassert
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+except ImportError:
+    require("torch_fidelity", "the digits-cnn FID feature extractor")  # clear error if torch-fidelity is missing
+    raise
 
 from ..models.digits.classifier import load_classifier
 

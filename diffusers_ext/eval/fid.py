@@ -29,8 +29,15 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from ..optional import require
+
+try:
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+except ImportError:
+    require("torch_fidelity", "FID and sweeps (diffusers_ext.eval.fid)")  # clear error if torch-fidelity is missing
+    raise
 
 from ..models.digits.classifier import FEATURE_DIM
 from .digits_extractor import NAME as DIGITS_CNN

@@ -223,10 +223,8 @@ class DigitsMetric:
         self.reference = statistics(reference, extractor, cache_dir=cache_dir)
 
     def __call__(self, scheduler, cell: Cell) -> float:
-        from torch_fidelity.metric_fid import fid_features_to_statistics
-
         from ..models.digits import NUM_CLASSES
-        from .fid import extract_features, fid_statistics_to_metric
+        from .fid import extract_features, fid_features_to_statistics, fid_statistics_to_metric
 
         rank, world = _distributed()
         self.pipe.scheduler = scheduler
@@ -440,8 +438,9 @@ def line_style(i: int) -> dict:
 
 def plot(summary: list[dict], path, metric: str):
     """One panel per guidance scale: mean +- std over seeds against NFE (integer ticks); returns the figure."""
-    import matplotlib
+    from ..optional import require
 
+    matplotlib = require("matplotlib", "plots (diffusers_ext.eval.sweep.plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -16,11 +16,9 @@ def load_digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"Unknown split {split!r}; valid choices: 'train', 'test', 'all'")
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as err:  # pragma: no cover
-        raise ImportError("The digits data ships with scikit-learn: pip install scikit-learn") from err
-    data = sk_load_digits()
+    from ...optional import require
+
+    data = require("sklearn.datasets", "the digits data (digits FID, train-digits)").load_digits()
     images = torch.from_numpy(data.images.astype(np.float32) / 8.0 - 1.0).unsqueeze(1)
     labels = torch.from_numpy(data.target.astype(np.int64))
     if split == "all":
