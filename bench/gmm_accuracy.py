@@ -1,4 +1,4 @@
-"""GMM endpoint RMSE at NFE 3-20: our solvers and diffusers' built-ins in one run.
+"""GMM endpoint RMSE at NFE 3-20: our solvers and diffusers' built-ins (the registry's "gmm" set) in one run.
 
     python bench/gmm_accuracy.py   ->  bench/results/gmm_accuracy.json (then bench/report.py updates README)
 

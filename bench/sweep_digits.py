@@ -10,8 +10,8 @@ from pathlib import Path
 
 from results_io import line_count, say_if_cached
 
-from diffusers_ext.cli import DEMO_SCHEDULERS
 from diffusers_ext.eval.sweep import plot, run_sweep, summarize, summary_table
+from diffusers_ext.registry import named_set
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
@@ -21,7 +21,7 @@ if __name__ == "__main__":
     # the demo's set plus diffusers' DPM-Solver++ 3M
     out = Path(__file__).resolve().parent / "results" / "sweep_digits.jsonl"
     before = {out: line_count(out)}
-    schedulers = list(DEMO_SCHEDULERS) + ["diffusers:DPMSolverMultistepScheduler:solver_order=3"]
+    schedulers = list(named_set("demo")) + ["diffusers:DPMSolverMultistepScheduler:solver_order=3"]
     rows = run_sweep("digits", schedulers, [3, 4, 5, 6, 8, 10, 15, 20], guidances=[1.0, 3.0],
                      seeds=[int(s) for s in args.seeds.split(",")], num_samples=args.samples,
                      out=out, cache_dir="results/stats-cache")

@@ -7,10 +7,7 @@ import json
 import os
 import sys
 
-DEFAULT_SWEEP = ("dpm++2m", "unipc", "deis", "diffusers:DPMSolverMultistepScheduler")
-DEMO_SCHEDULERS = ("dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "diffusers:DDIMScheduler:clip_sample=false",
-                   "diffusers:DPMSolverMultistepScheduler", "diffusers:UniPCMultistepScheduler",
-                   "diffusers:DEISMultistepScheduler")
+from .registry import describe_short_names, named_set
 
 
 def _demo(args) -> int:
@@ -29,7 +26,7 @@ def _demo(args) -> int:
     print(markdown_table(result))
     if not args.gmm_only:
         jsonl = os.path.join(args.out, "digits_sweep.jsonl")
-        rows = run_sweep("digits", list(DEMO_SCHEDULERS), [n for n in nfes if n >= 5], guidances=[1.0, 3.0],
+        rows = run_sweep("digits", list(named_set("demo")), [n for n in nfes if n >= 5], guidances=[1.0, 3.0],
                          seeds=[0], num_samples=args.digits_samples, out=jsonl,
                          cache_dir=os.path.join(args.out, "stats-cache"))
         summary = summarize(rows)
@@ -42,10 +39,10 @@ def _demo(args) -> int:
 
 def _scheduler_specs(args) -> list[str]:
     """``--scheduler`` (repeatable, one spec each) and ``--schedulers`` (comma list), or the default list."""
-    from .eval.sweep import split_specs
+    from .registry import split_specs
 
     specs = list(args.scheduler or []) + (split_specs(args.schedulers) if args.schedulers else [])
-    return specs or list(DEFAULT_SWEEP)
+    return specs or list(named_set("sweep"))
 
 
 def _sweep(args) -> int:
@@ -105,13 +102,13 @@ def _train_digits(args) -> int:
 
 
 def _calibrate_dc(args) -> int:
-    from .eval.gmm_accuracy import make_scheduler
-    from .eval.sweep import MODELS, default_out, load_pipeline_folder, model_identity, parse_scheduler
+    from .eval.sweep import MODELS, default_out, load_pipeline_folder, model_identity
+    from .registry import from_config, make_scheduler, parse_spec
     from .search import calibrate_dc_grid, fit_cpr
 
     nfes = [int(n) for n in args.nfe.split(",") if n.strip()]
     guidances = [float(g) for g in args.guidance.split(",") if g.strip()]
-    path, overrides = parse_scheduler(args.scheduler)
+    parse_spec(args.scheduler)  # a bad name or option fails before the model loads
     kwargs = {"num_samples": args.samples, "reference_steps": args.reference_steps, "iterations": args.iterations,
               "seed": args.seed}
     if args.model == "gmm":
@@ -121,7 +118,7 @@ def _calibrate_dc(args) -> int:
         if guidances != [1.0]:
             raise SystemExit("the gmm model is unconditional: use --guidance 1")
         model, kwargs["sample_shape"] = model_fn(GaussianMixtureDenoiser()), (2, 4, 4)
-        kwargs["scheduler"] = make_scheduler(path, overrides)
+        kwargs["scheduler"] = make_scheduler(args.scheduler)
     else:
         if args.model == "digits":
             from .models.digits import load_pipeline
@@ -131,8 +128,7 @@ def _calibrate_dc(args) -> int:
             raise SystemExit(f"calibrate-dc supports digits, gmm or a pipeline folder, not {args.model}")
         else:
             model = load_pipeline_folder(args.model)
-        cls = type(make_scheduler(path, overrides))
-        kwargs["scheduler"] = cls.from_config(model.scheduler.config, **overrides)
+        kwargs["scheduler"] = from_config(args.scheduler, model.scheduler.config)
         if args.prompt:
             kwargs["conditioning"] = [args.prompt[i % len(args.prompt)] for i in range(args.samples)]
     model_key = model_identity(args.model)  # name or resolved path, and a fingerprint of the weights
@@ -196,17 +192,15 @@ def _search(args) -> int:
 
 
 def _quantize(args) -> int:
-    from .eval.gmm_accuracy import make_scheduler
-    from .eval.sweep import parse_scheduler
     from .models.digits import load_pipeline
     from .quant import quantize_pipeline, save_quantized
+    from .registry import from_config
 
     if args.model != "digits":
         raise SystemExit(f"--model {args.model!r}: only the embedded 'digits' model is supported by the CLI; "
                          "use diffusers_ext.quant.quantize on any torch model from Python")
     pipe = load_pipeline()
-    path, overrides = parse_scheduler(args.scheduler)
-    pipe.scheduler = type(make_scheduler(path)).from_config(pipe.scheduler.config, **overrides)
+    pipe.scheduler = from_config(args.scheduler, pipe.scheduler.config)
     result = quantize_pipeline(pipe, args.weights, None if args.activations == "none" else args.activations,
                                args.rounding, iterations=args.iterations, num_inference_steps=args.nfe,
                                guidance_scale=args.guidance, num_samples=args.samples, seed=args.seed)
@@ -224,13 +218,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.default == "":
             return action.help
         return super()._get_help_string(action)
-
-
-def _short_names() -> str:
-    from .eval.sweep import SHORT_NAMES
-
-    return ", ".join(f"{name} ({path}{''.join(f' {k}={v}' for k, v in opts.items())})"
-                     for name, (path, opts) in SHORT_NAMES.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = command("sweep", "schedulers x NFE x guidance x seeds; resumable JSONL results, table, plot",
                     epilog=f"Scheduler specs: NAME[:key=value,key=value...] where NAME is a short name, one of our "
                     f"scheduler classes (e.g. DPMSolverPPScheduler) or diffusers:ClassName. Short names: "
-                    f"{_short_names()}. Example: --scheduler dpm++2m --scheduler "
+                    f"{describe_short_names()}. Example: --scheduler dpm++2m --scheduler "
                     f"'DPMSolverPPScheduler:solver_order=3,third_order_taylor=true'.")
     sweep.add_argument("--model", default="digits", help="digits, gmm, or a local diffusers pipeline folder")
     sweep.add_argument("--reference", default=None, help="real images (PNG folder or statistics file) for FID: "
@@ -264,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                        "digits-cnn or inception-v3-compat")
     sweep.add_argument("--scheduler", action="append", default=None, metavar="SPEC",
                        help="one scheduler spec, options included (repeatable); see the list below; default: "
-                       + ",".join(DEFAULT_SWEEP))
+                       + ",".join(named_set("sweep")))
     sweep.add_argument("--schedulers", default=None, metavar="SPEC,SPEC",
                        help="comma-separated specs; an item key=value continues the previous spec's options")
     sweep.add_argument("--nfe", default="5,10,20", help="comma-separated NFEs")

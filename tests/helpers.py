@@ -3,8 +3,10 @@
 
 import numpy as np
 
-from diffusers_ext import DCSolverScheduler, DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
+from diffusers_ext import UniPCScheduler
+from diffusers_ext.registry import OURS, from_config, make_scheduler, scheduler_class
 from diffusers_ext.sampling import model_fn, sample
+from diffusers_ext.schedulers import hand_designed_schedule
 
 
 def simple_cpr(c0=1.0, c1=-0.1, nfe_range=(3, 50), guidance_range=(1, 15)) -> dict:
@@ -17,31 +19,68 @@ def simple_cpr(c0=1.0, c1=-0.1, nfe_range=(3, 50), guidance_range=(1, 15)) -> di
 
 DC = {"dc_cpr": simple_cpr(), "dc_guidance_scale": 1.0}
 
-# one main variant per family, plus the variants with their own code paths
+
+class ScheduleFor:
+    """A USF ``solver_schedule`` built per run: the hand-designed ``solver`` on the grid a UniPCScheduler with the
+    run's config makes for the run's step count (a schedule fixes both)."""
+
+    def __init__(self, solver: str, prediction: str = "data"):
+        self.solver, self.prediction = solver, prediction
+
+    def __call__(self, steps: int | None, config: dict) -> dict:
+        if steps is None:
+            raise ValueError(f"a USF variant runs a schedule for one step count: pass steps= ({self.solver})")
+        grid = UniPCScheduler(**config)
+        grid.set_timesteps(steps)
+        return hand_designed_schedule(self.solver, [float(t) for t in grid.grid.t], prediction=self.prediction)
+
+
+# test name -> (registry spec, options): one main variant per family, plus the variants with their own code paths
 SCHEDULER_VARIANTS = {
-    "dpm++2m": (DPMSolverPPScheduler, {}),
-    "dpm++3m": (DPMSolverPPScheduler, {"solver_order": 3}),
-    "dpm++2s": (DPMSolverPPScheduler, {"singlestep": True}),
-    "dpm++3s": (DPMSolverPPScheduler, {"singlestep": True, "solver_order": 3}),
-    "sde-dpm++2m": (DPMSolverPPScheduler, {"algorithm_type": "sde-dpmsolver++"}),
-    "unipc-bh2": (UniPCScheduler, {}),
-    "unipc-bh1-3": (UniPCScheduler, {"solver_type": "bh1", "solver_order": 3}),
-    "unip-noise": (UniPCScheduler, {"use_corrector": False, "predict_x0": False}),
-    "dc-solver": (DCSolverScheduler, DC),
-    "dpm++2m-dc": (DPMSolverPPScheduler, DC),
-    "dpm++2m-dualfast": (DPMSolverPPScheduler, {"dualfast_strength": 0.3}),
-    "dc-solver-dualfast": (DCSolverScheduler, {**DC, "dualfast_strength": 0.2, "dualfast_schedule": "constant"}),
-    "deis-tab3": (DEISScheduler, {}),
-    "deis-rhoab3": (DEISScheduler, {"solver_type": "rhoab"}),
-    "deis-ipndm4": (DEISScheduler, {"solver_type": "ipndm", "solver_order": 4}),
-    "deis-heun": (DEISScheduler, {"solver_type": "heun"}),
-    "deis-rk4": (DEISScheduler, {"solver_type": "rk4"}),
+    "dpm++2m": ("dpm++2m", {}),
+    "dpm++3m": ("dpm++3m", {}),
+    "dpm++2s": ("DPMSolverPPScheduler", {"singlestep": True}),
+    "dpm++3s": ("dpm++3s", {}),
+    "sde-dpm++2m": ("dpm++2m", {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc-bh2": ("unipc", {}),
+    "unipc-bh1-3": ("unipc3", {"solver_type": "bh1"}),
+    "unip-noise": ("unipc", {"use_corrector": False, "predict_x0": False}),
+    "dc-solver": ("DCSolverScheduler", DC),
+    "dpm++2m-dc": ("dpm++2m", DC),
+    "dpm++2m-dualfast": ("dpm++2m", {"dualfast_strength": 0.3}),
+    "dc-solver-dualfast": ("DCSolverScheduler", {**DC, "dualfast_strength": 0.2, "dualfast_schedule": "constant"}),
+    "deis-tab3": ("deis", {}),
+    "deis-rhoab3": ("deis", {"solver_type": "rhoab"}),
+    "deis-ipndm4": ("ipndm", {}),
+    "deis-heun": ("deis", {"solver_type": "heun"}),
+    "deis-rk4": ("deis", {"solver_type": "rk4"}),
+    "usf-unipc-bh2": ("USFScheduler", {"solver_schedule": ScheduleFor("unipc-bh2")}),  # pseudo-corrector
+    "usf-dpm++2m": ("USFScheduler", {"solver_schedule": ScheduleFor("dpm++2m")}),
+    "usf-unipc-bh1-noise": ("USFScheduler", {"solver_schedule": ScheduleFor("unipc-bh1", "noise")}),  # samples kept
 }
+# every class in the registry runs the contract: a new family with its defaults until it adds variants above
+_COVERED = {scheduler_class(spec) for spec, _ in SCHEDULER_VARIANTS.values()}
+SCHEDULER_VARIANTS.update({name: (name, {}) for name, cls in OURS.items() if cls not in _COVERED})
+SCHEDULE_DRIVEN = [n for n, (_, opts) in SCHEDULER_VARIANTS.items() if any(isinstance(v, ScheduleFor)
+                                                                         for v in opts.values())]
 
 
-def make(name, **overrides):
-    cls, kw = SCHEDULER_VARIANTS[name]
-    return cls(**{**kw, **overrides})
+def variant_options(name: str, steps: int | None = None, **overrides) -> dict:
+    """The options of test variant ``name`` with ``overrides`` (a USF schedule built for ``steps`` and them)."""
+    options = {**SCHEDULER_VARIANTS[name][1], **overrides}
+    plain = {k: v for k, v in options.items() if not isinstance(v, ScheduleFor)}
+    return {k: v(steps, plain) if isinstance(v, ScheduleFor) else v for k, v in options.items()}
+
+
+def make(name: str, steps: int | None = None, **overrides):
+    """Test variant ``name`` built through the registry; ``steps``: the step count of a USF variant's schedule
+    (the other variants take any step count and ignore it)."""
+    return make_scheduler(SCHEDULER_VARIANTS[name][0], variant_options(name, steps, **overrides))
+
+
+def variant_from_config(name: str, config, **overrides):
+    """Test variant ``name`` swapped into a pipeline's scheduler ``config`` through the registry."""
+    return from_config(SCHEDULER_VARIANTS[name][0], config, **variant_options(name, **overrides))
 
 
 def run_sampler(scheduler, model, x, num_steps=None, generator=None, **set_kw):
@@ -121,3 +160,4 @@ def dpm_solver_pp_2m_f64(sched, model, x0, data_prediction):
             x_next = x_next - 0.5 * g.alpha[i + 1] * phi1 * (m - ms[-2]) / r0
         x = x_next
     return x
+

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from diffusers_ext import __version__
+from diffusers_ext import __version__, registry
 from diffusers_ext.cli import main
 from diffusers_ext.eval import sweep as sw
 from diffusers_ext.results_log import read_rows
@@ -26,16 +26,16 @@ def test_a_scheduler_with_two_options(tmp_path, capsys):
     # the old spelling (README): an option item continues the previous spec; nothing is recomputed
     assert main([*GMM_SWEEP, "--schedulers", f"dpm++3m,{spec}", "--out", str(out)]) == 0
     assert len(read_rows(out)) == 2
-    assert sw.split_specs("diffusers:DDIMScheduler:clip_sample=false,unipc:dc_ratios=[1,0.9,1],deis") == [
+    assert registry.split_specs("diffusers:DDIMScheduler:clip_sample=false,unipc:dc_ratios=[1,0.9,1],deis") == [
         "diffusers:DDIMScheduler:clip_sample=false", "unipc:dc_ratios=[1,0.9,1]", "deis"]
-    assert sw.parse_scheduler("unipc:dc_ratios=[1,0.9,1]")[1]["dc_ratios"] == [1, 0.9, 1]
+    assert registry.parse_spec("unipc:dc_ratios=[1,0.9,1]")[1]["dc_ratios"] == [1, 0.9, 1]
 
 
 def test_help_lists_short_names_and_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     text = capsys.readouterr().out
-    assert all(name in text for name in sw.SHORT_NAMES)
+    assert all(name in text for name in registry.SHORT_NAMES)
     assert "(default: 500)" in text and "results/sweep_<model>.jsonl" in text
 
 
@@ -107,3 +107,39 @@ def test_train_digits_scales_the_classifier_epochs(tmp_path, monkeypatch, capsys
     assert main(["train-digits", "--out", str(tmp_path)]) == 0
     assert epochs == [1, 3, 60]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["classifier_epochs"] == 60
+
+
+@pytest.mark.parametrize("spec,message", [
+    # not schedulers: were accepted (then failed inside the sweep) or gave "'str' object is not callable"
+    ("diffusers:UNet2DModel", "diffusers has no scheduler class 'UNet2DModel'; valid classes: "),
+    ("diffusers:SchedulerMixin", "diffusers has no scheduler class 'SchedulerMixin'"),
+    ("FirstHittingScheduler", "Unknown scheduler 'FirstHittingScheduler': use one of the short names dpm++2m, "),
+    ("__version__", "one of our classes DPMSolverPPScheduler, UniPCScheduler, DEISScheduler, DCSolverScheduler, "
+                    "USFScheduler"),
+    # a known scheduler with an unknown option: the error names the valid options
+    ("dpm++2m:solver_ordr=3", "Scheduler 'dpm++2m:solver_ordr=3': DPMSolverPPScheduler has no option(s) "
+                              "'solver_ordr'; valid options: "),
+    # a known scheduler with a bad value is not an "Unknown scheduler"
+    ("dpm++2m:solver_order=9", "Scheduler 'dpm++2m:solver_order=9': solver_order must be an integer in [1, 3]"),
+])
+def test_bad_scheduler_specs_name_the_problem_before_any_work(tmp_path, capsys, spec, message):
+    out = tmp_path / "s.jsonl"
+    assert main([*GMM_SWEEP, "--scheduler", spec, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if "valid options" in message:
+        listed = err.split("valid options: ")[1].strip().split(", ")
+        assert {"solver_order", "num_train_timesteps", "algorithm_type"} <= set(listed)
+    assert not out.exists()
+
+
+def test_python_spelled_booleans_in_specs_are_booleans(tmp_path):
+    """``clip_sample=False`` was the string "False" (truthy: DDIM clipped its samples) in the results config."""
+    out = tmp_path / "s.jsonl"
+    spec = "diffusers:DDIMScheduler:clip_sample=False,timestep_spacing=trailing"
+    assert main([*GMM_SWEEP, "--scheduler", spec, "--scheduler", "dpm++2m:lower_order_final=True", "--out",
+                 str(out)]) == 0
+    rows = {r["scheduler"]: r for r in read_rows(out)}
+    assert rows[spec]["scheduler_config"]["clip_sample"] is False
+    assert rows[spec]["scheduler_config"]["timestep_spacing"] == "trailing"
+    assert rows["dpm++2m:lower_order_final=True"]["scheduler_config"]["lower_order_final"] is True

@@ -15,7 +15,7 @@ from diffusers import (
 )
 from transformers import CLIPTextModelWithProjection
 
-from tests.helpers import make, tiny_clip_config, tiny_stable_diffusion, tiny_tokenizer
+from tests.helpers import tiny_clip_config, tiny_stable_diffusion, tiny_tokenizer, variant_from_config
 
 FAMILIES = ["dpm++2m", "unipc-bh2", "deis-tab3", "sde-dpm++2m", "deis-heun", "dpm++2m-dualfast"]
 
@@ -27,24 +27,18 @@ def test_ddpm_pipeline(name):
                        layers_per_block=1, norm_num_groups=4,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
-    pipe.scheduler = type(make(name)).from_config(pipe.scheduler.config, **_family_kw(name))
+    pipe.scheduler = variant_from_config(name, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0),
                   output_type="np").images
     assert images.shape == (2, 8, 8, 3) and (images >= 0).all() and (images <= 1).all()
 
 
-def _family_kw(name):
-    from tests.helpers import SCHEDULER_VARIANTS
-
-    return SCHEDULER_VARIANTS[name][1]
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_stable_diffusion_with_guidance(tmp_path, name):
     source = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                            timestep_spacing="leading", steps_offset=1)
-    pipe = tiny_stable_diffusion(tmp_path, type(make(name)).from_config(source.config, **_family_kw(name)))
+    pipe = tiny_stable_diffusion(tmp_path, variant_from_config(name, source.config))
     out = pipe("a cat", num_inference_steps=4, guidance_scale=5.0, height=8, width=8, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 8, 8, 3) and torch.isfinite(torch.from_numpy(out)).all()
@@ -70,7 +64,7 @@ def _sd3_components(tmp_path):
 def test_flow_matching_sd3_and_img2img(tmp_path, name):
     components = _sd3_components(tmp_path)
     source = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    scheduler = type(make(name)).from_config(source.config, **_family_kw(name))
+    scheduler = variant_from_config(name, source.config)
     assert scheduler.config.use_flow_sigmas and scheduler.config.flow_shift == 3.0
     pipe = StableDiffusion3Pipeline(scheduler=scheduler, **components)
     pipe.set_progress_bar_config(disable=True)

@@ -1,5 +1,6 @@
-"""Evaluation: solver accuracy on the exact GMM model (FID harness and sweeps come with the eval issue)."""
+"""Evaluation: solver accuracy on the exact GMM model, FID, sweeps (schedulers by name: ``diffusers_ext.registry``)."""
 
-from .gmm_accuracy import DEFAULT_SOLVERS, gmm_accuracy, make_scheduler, markdown_table
+from ..registry import make_scheduler
+from .gmm_accuracy import DEFAULT_SOLVERS, gmm_accuracy, markdown_table
 
 __all__ = ["DEFAULT_SOLVERS", "gmm_accuracy", "make_scheduler", "markdown_table"]

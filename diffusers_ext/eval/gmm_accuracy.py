@@ -7,7 +7,6 @@ measures pure discretization error. diffusers' built-ins run in the same loop fo
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 
@@ -16,39 +15,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.gmm import GaussianMixtureDenoiser
+from ..registry import make_scheduler, named_set, parse_spec
 from ..sampling import model_fn, sample
 
-# name -> (class path, config overrides); "diffusers:" classes are diffusers' own schedulers
-DEFAULT_SOLVERS: dict[str, tuple[str, dict]] = {
-    "DPM-Solver++ 2M": ("DPMSolverPPScheduler", {}),
-    "DPM-Solver++ 3M": ("DPMSolverPPScheduler", {"solver_order": 3}),
-    "DPM-Solver++ 3M (taylor)": ("DPMSolverPPScheduler", {"solver_order": 3, "third_order_taylor": True}),
-    "DPM-Solver++ 3S": ("DPMSolverPPScheduler", {"solver_order": 3, "singlestep": True}),
-    "UniPC bh2 (2)": ("UniPCScheduler", {}),
-    "UniPC bh2 (3)": ("UniPCScheduler", {"solver_order": 3}),
-    "UniPC bh1 (3)": ("UniPCScheduler", {"solver_order": 3, "solver_type": "bh1"}),
-    "DEIS tAB3": ("DEISScheduler", {}),
-    "DEIS rhoAB3": ("DEISScheduler", {"solver_type": "rhoab"}),
-    "DEIS iPNDM4": ("DEISScheduler", {"solver_type": "ipndm", "solver_order": 4}),
-    "DEIS rhoRK4": ("DEISScheduler", {"solver_type": "rk4"}),
-    "diffusers DDIM": ("diffusers:DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False}),
-    "diffusers DPM++ 2M": ("diffusers:DPMSolverMultistepScheduler", {}),
-    "diffusers DPM++ 3M": ("diffusers:DPMSolverMultistepScheduler", {"solver_order": 3}),
-    "diffusers UniPC": ("diffusers:UniPCMultistepScheduler", {}),
-    "diffusers DEIS": ("diffusers:DEISMultistepScheduler", {}),
-}
+# label -> (class, options), from the registry's "gmm" set; the labels and classes name bench/results' rows
+DEFAULT_SOLVERS: dict[str, tuple[str, dict]] = {label: parse_spec(spec) for label, spec in named_set("gmm").items()}
 DEFAULT_NFES = (3, 4, 5, 6, 8, 10, 15, 20)
-
-
-def make_scheduler(class_path: str, overrides: dict | None = None):
-    """``"DPMSolverPPScheduler"`` (ours) or ``"diffusers:UniPCMultistepScheduler"`` with config overrides."""
-    if class_path.startswith("diffusers:"):
-        module, name = importlib.import_module("diffusers"), class_path.split(":", 1)[1]
-    else:
-        module, name = importlib.import_module("diffusers_ext"), class_path
-    if not hasattr(module, name):
-        raise ValueError(f"Unknown scheduler {class_path!r}")
-    return getattr(module, name)(**(overrides or {}))
 
 
 def sample_with(scheduler, model, noise: torch.Tensor, nfe: int) -> torch.Tensor:

@@ -8,8 +8,9 @@ writes it (under several processes by rank 0, which tells every rank whether it 
 ``gmm`` -> RMSE to the exact ODE endpoint; ``digits`` -> FID (digits-cnn features by default) against the
 digits train split.
 
-Scheduler specs: a short name (``dpm++2m``, ``unipc``, ...), one of our classes (``DPMSolverPPScheduler``)
-or ``diffusers:ClassName``, each optionally followed by ``:key=value,key=value`` config options.
+Schedulers are named by specs (``diffusers_ext.registry``): a short name (``dpm++2m``, ``unipc``, ...), one of our
+classes (``DPMSolverPPScheduler``) or ``diffusers:ClassName``, each optionally followed by ``:key=value,...``
+config options.
 """
 
 from __future__ import annotations
@@ -26,19 +27,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..registry import make_scheduler, parse_spec, split_options, split_specs  # noqa: F401 - names kept here
 from ..results_log import ResultsFileBusy, append_row, exclusive, fingerprint, identity, read_rows, scheduler_identity
-from .gmm_accuracy import make_scheduler
 
-SHORT_NAMES = {
-    "dpm++2m": ("DPMSolverPPScheduler", {}),
-    "dpm++3m": ("DPMSolverPPScheduler", {"solver_order": 3}),
-    "dpm++3s": ("DPMSolverPPScheduler", {"solver_order": 3, "singlestep": True}),
-    "unipc": ("UniPCScheduler", {}),
-    "unipc3": ("UniPCScheduler", {"solver_order": 3}),
-    "deis": ("DEISScheduler", {}),
-    "ipndm": ("DEISScheduler", {"solver_type": "ipndm", "solver_order": 4}),
-}
 MODELS = ("digits", "gmm")
+parse_scheduler = parse_spec  # the spec parser lives in diffusers_ext.registry
 
 
 @dataclass(frozen=True)
@@ -50,67 +43,6 @@ class Cell:
 
     def key(self) -> str:
         return json.dumps([self.scheduler, self.nfe, self.guidance, self.seed])
-
-
-def split_options(text: str) -> list[str]:
-    """Split ``text`` at commas outside brackets and quotes (``a=1,b=[1,2]`` -> ``["a=1", "b=[1,2]"]``)."""
-    parts, depth, quote, start = [], 0, None, 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return [p.strip() for p in [*parts, text[start:]] if p.strip()]
-
-
-def split_specs(text: str) -> list[str]:
-    """A comma-separated list of scheduler specs; an item ``key=value`` (no ``:`` before its ``=``) continues
-    the previous spec's options, so ``dpm++3m,DPMSolverPPScheduler:solver_order=3,third_order_taylor=true``
-    is two specs."""
-    specs: list[str] = []
-    for item in split_options(text):
-        head = item.partition("=")[0]
-        if "=" in item and ":" not in head:
-            if not specs:
-                raise ValueError(f"scheduler option {item!r} comes before any scheduler name in {text!r}")
-            specs[-1] += "," + item
-        else:
-            specs.append(item)
-    return specs
-
-
-def parse_scheduler(spec: str) -> tuple[str, dict]:
-    """``name[:k=v,...]`` -> (class path, config overrides); raises ValueError naming the valid names."""
-    if spec.startswith("diffusers:"):
-        parts = spec.split(":", 2)
-        head, options = "diffusers:" + parts[1], parts[2] if len(parts) > 2 else ""
-    else:
-        head, _, options = spec.partition(":")
-    if head in SHORT_NAMES:
-        path, overrides = SHORT_NAMES[head][0], dict(SHORT_NAMES[head][1])
-    else:
-        path, overrides = head, {}
-    for item in split_options(options):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ValueError(f"Scheduler option {item!r} of {spec!r} is not key=value")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    try:
-        make_scheduler(path, overrides)
-    except ValueError as err:
-        raise ValueError(f"Unknown scheduler {spec!r}: use one of {', '.join(SHORT_NAMES)}, one of our scheduler "
-                         f"classes, or diffusers:ClassName ({err})") from None
-    return path, overrides
 
 
 def load_done(path: Path) -> dict[str, dict]:
@@ -363,16 +295,16 @@ def run_sweep(model: str, schedulers: list[str], nfes: list[int], guidances=(1.0
     schedulers = list(schedulers) + [name for name in factories if name not in schedulers]
     if not schedulers:
         raise ValueError("at least one scheduler is needed")
-    specs = {s: parse_scheduler(s) for s in schedulers if s not in factories}  # checked before any work starts
+    specs = {s: parse_spec(s) for s in schedulers if s not in factories}  # checked before any work starts
     context = sweep_context(model, num_samples, extractor, reference)
 
     def build(cell: Cell):
         if cell.scheduler in factories:
             return factories[cell.scheduler](cell)
-        path, overrides = specs[cell.scheduler]
-        if overrides.get("dc_cpr") is not None and overrides.get("dc_guidance_scale") is None:
-            overrides = {**overrides, "dc_guidance_scale": cell.guidance}  # CPR ratios for the cell's guidance
-        return make_scheduler(path, overrides)
+        options = specs[cell.scheduler][1]
+        if options.get("dc_cpr") is not None and options.get("dc_guidance_scale") is None:
+            return make_scheduler(cell.scheduler, dc_guidance_scale=cell.guidance)  # CPR ratios for the guidance
+        return make_scheduler(cell.scheduler)
 
     cells = [Cell(s, n, float(g), int(seed)) for s in schedulers for g in guidances for n in nfes for seed in seeds]
     plan = []
