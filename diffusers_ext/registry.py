@@ -101,6 +101,29 @@ SETS: dict[str, dict[str, str]] = {
     },
 }
 
+# the tuning catalogue (``diffusers_ext.tune``): every solver variant here on every grid below
+CATALOGUE_SOLVERS: dict[str, str] = {
+    "dpm++2m": "dpm++2m",
+    "dpm++3m": "dpm++3m:third_order_taylor=true",
+    "dpm++2m-dualfast0.5": "dpm++2m:dualfast_strength=0.5",
+    "dpm++2m-dualfast1": "dpm++2m:dualfast_strength=1.0",
+    "unipc-bh2": "unipc",
+    "unipc-bh1": "unipc:solver_type=bh1",
+    "unipc3-bh2": "unipc3",
+    "unipc-bh2-dualfast0.5": "unipc:dualfast_strength=0.5",
+    "deis-tab3": "deis",
+    "deis-ipndm3": "deis:solver_type=ipndm,solver_order=3",
+    "deis-ipndm4": "ipndm",
+}
+CATALOGUE_GRIDS: dict[str, dict] = {
+    "linspace": {"timestep_spacing": "linspace"},
+    "trailing": {"timestep_spacing": "trailing"},
+    "quadratic": {"timestep_spacing": "quadratic"},
+    "logsnr": {"timestep_spacing": "logsnr"},
+    "karras": {"use_karras_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+}
+
 
 # ------------------------------------------------------------------------------------------------ the parser
 def split_options(text: str) -> list[str]:

@@ -31,35 +31,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .registry import CATALOGUE_GRIDS, CATALOGUE_SOLVERS, from_config, parse_spec, scheduler_class
 from .results_log import append_row, canonical, exclusive, identity, read_rows, scheduler_identity
 from .sampling import REFERENCE_STEPS, reference_solve, sample
-from .schedulers import DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
 from .schedulers.engine.options import COMMON_OPTIONS
 
-GRIDS: dict[str, dict] = {  # the timestep grids every family is tried on (``engine/grids.py``)
-    "linspace": {"timestep_spacing": "linspace"},
-    "trailing": {"timestep_spacing": "trailing"},
-    "quadratic": {"timestep_spacing": "quadratic"},
-    "logsnr": {"timestep_spacing": "logsnr"},
-    "karras": {"use_karras_sigmas": True},
-    "beta": {"use_beta_sigmas": True},
-}
 GRID_FLAGS = {"timestep_spacing": "linspace", "use_karras_sigmas": False, "use_exponential_sigmas": False,
-              "use_beta_sigmas": False, "use_lu_lambdas": False}
-
-SOLVERS: dict[str, tuple[type, dict]] = {  # the solver variants of the catalogue
-    "dpm++2m": (DPMSolverPPScheduler, {"solver_order": 2}),
-    "dpm++3m": (DPMSolverPPScheduler, {"solver_order": 3, "third_order_taylor": True}),
-    "dpm++2m-dualfast0.5": (DPMSolverPPScheduler, {"solver_order": 2, "dualfast_strength": 0.5}),
-    "dpm++2m-dualfast1": (DPMSolverPPScheduler, {"solver_order": 2, "dualfast_strength": 1.0}),
-    "unipc-bh2": (UniPCScheduler, {"solver_order": 2, "solver_type": "bh2"}),
-    "unipc-bh1": (UniPCScheduler, {"solver_order": 2, "solver_type": "bh1"}),
-    "unipc3-bh2": (UniPCScheduler, {"solver_order": 3, "solver_type": "bh2"}),
-    "unipc-bh2-dualfast0.5": (UniPCScheduler, {"solver_order": 2, "solver_type": "bh2", "dualfast_strength": 0.5}),
-    "deis-tab3": (DEISScheduler, {"solver_order": 3, "solver_type": "tab"}),
-    "deis-ipndm3": (DEISScheduler, {"solver_order": 3, "solver_type": "ipndm"}),
-    "deis-ipndm4": (DEISScheduler, {"solver_order": 4, "solver_type": "ipndm"}),
-}
+              "use_beta_sigmas": False, "use_lu_lambdas": False}  # each candidate sets every grid option
 
 
 @dataclass(frozen=True)
@@ -67,25 +45,29 @@ class Candidate:
     """One catalogue entry: a scheduler class and the options it sets on the model's scheduler config."""
 
     name: str
-    cls: type
-    options: dict
+    spec: str  # a registry spec (``registry.CATALOGUE_SOLVERS``)
+    options: dict  # the grid's options
 
     def build(self, scheduler_config):
         """The candidate on the model's schedule (betas or flow, prediction type, thresholding): every solver option
         the config may carry (an SDE variant, compensation, another grid, ...) is reset to this candidate's."""
-        params = inspect.signature(self.cls.__init__).parameters
+        _, spec_options = parse_spec(self.spec)
+        params = inspect.signature(scheduler_class(self.spec).__init__).parameters
         own = {k: p.default for k, p in params.items() if k != "self" and k not in COMMON_OPTIONS}
-        return self.cls.from_config(scheduler_config or {},
-                                    **{**own, "lower_order_final": True, **GRID_FLAGS, **self.options})
+        return from_config(self.spec, scheduler_config or {},
+                           **{**own, "lower_order_final": True, **GRID_FLAGS, **spec_options, **self.options})
 
 
 def catalogue(solvers: Sequence[str] | None = None, grids: Sequence[str] | None = None) -> list[Candidate]:
-    """Every solver variant on every grid (default: all of ``SOLVERS`` x ``GRIDS``)."""
-    unknown = [s for s in (solvers or []) if s not in SOLVERS] + [g for g in (grids or []) if g not in GRIDS]
+    """Every solver variant on every grid (default: all of the registry's ``CATALOGUE_SOLVERS`` x
+    ``CATALOGUE_GRIDS``)."""
+    unknown = [s for s in (solvers or []) if s not in CATALOGUE_SOLVERS] + \
+        [g for g in (grids or []) if g not in CATALOGUE_GRIDS]
     if unknown:
-        raise ValueError(f"Unknown catalogue entries {unknown}; solvers: {list(SOLVERS)}, grids: {list(GRIDS)}")
-    return [Candidate(f"{s} {g}", SOLVERS[s][0], {**SOLVERS[s][1], **GRIDS[g]})
-            for s in (solvers or SOLVERS) for g in (grids or GRIDS)]
+        raise ValueError(f"Unknown catalogue entries {unknown}; solvers: {list(CATALOGUE_SOLVERS)}, grids: "
+                         f"{list(CATALOGUE_GRIDS)}")
+    return [Candidate(f"{s} {g}", CATALOGUE_SOLVERS[s], CATALOGUE_GRIDS[g])
+            for s in (solvers or CATALOGUE_SOLVERS) for g in (grids or CATALOGUE_GRIDS)]
 
 
 @dataclass
@@ -141,6 +123,9 @@ class TuneResult:
     def save(self, out_dir) -> None:
         """``out_dir/scheduler`` (the chosen scheduler's config folder: ``from_pretrained`` it, or load it into a
         pipeline), ``out_dir/tune.md`` (the table) and ``out_dir/tune.png`` (validation medians)."""
+        from .optional import require
+
+        require("matplotlib", purpose="the tune plot")  # before anything is written
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.scheduler.save_pretrained(out_dir / "scheduler")
