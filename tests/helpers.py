@@ -161,3 +161,39 @@ def dpm_solver_pp_2m_f64(sched, model, x0, data_prediction):
         x = x_next
     return x
 
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A map-style dataset over a uint8 image tensor: item i is image i (what torch-fidelity's inputs take)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def small_cnn(width: int, seed: int = 0):
+    """An 8x8 one-channel image classifier (two convolutions, two linear layers, 10 classes), ``width`` channels,
+    weights drawn after ``torch.manual_seed(seed)``."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, width, 3, stride=2, padding=1),
+                         nn.SiLU(), nn.Flatten(), nn.Linear(width * 4 * 4, 2 * width), nn.SiLU(),
+                         nn.Linear(2 * width, 10)).eval()
+
+
+def torch_fidelity_metrics(a, b, **metrics):
+    """torch-fidelity's own ``calculate_metrics`` of uint8 images ``a`` against ``b`` on the CPU with the
+    digits-cnn feature extractor (registered first); ``metrics``: e.g. ``fid=True``."""
+    import torch_fidelity
+
+    from diffusers_ext.eval.digits_extractor import register
+
+    register()
+    return torch_fidelity.calculate_metrics(input1=ImageDataset(a), input2=ImageDataset(b), cuda=False,
+                                            feature_extractor="digits-cnn", verbose=False, save_cpu_ram=True,
+                                            **metrics)

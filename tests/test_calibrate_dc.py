@@ -7,43 +7,38 @@ import torch
 
 from diffusers_ext import DCSolverScheduler, DEISScheduler, DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.eval.gmm_accuracy import sample_with
-from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.search import DCCalibration, calibrate_dc, pipeline_denoiser, reference_trajectory
 
-GMM = GaussianMixtureDenoiser()
 SHAPE = (2, 4, 4)
 
 
-def gmm_model(x, t):
-    return GMM(x, t).sample
-
-
 @pytest.fixture(scope="module")
-def held_out():
-    noise = torch.randn(256, *SHAPE, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
-    return noise, GMM.ode_endpoint(noise, 999.0)
+def held_out(gmm, seeded_noise):
+    noise = seeded_noise((256, *SHAPE), 1234, torch.float64)
+    return noise, gmm.ode_endpoint(noise, 999.0)
 
 
 def _rmse(out, ref):
     return float((out.double() - ref).pow(2).mean().sqrt())
 
 
-def test_reference_trajectory_is_the_exact_ode_solution():
-    noise = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0))
+def test_reference_trajectory_is_the_exact_ode_solution(gmm, gmm_eps, seeded_noise):
+    noise = seeded_noise((4, *SHAPE))
     sched = DCSolverScheduler(dc_ratios=[1.0] * 5)
-    states = reference_trajectory(gmm_model, sched, 5, noise, progress=False)
+    states = reference_trajectory(gmm_eps, sched, 5, noise, progress=False)
     assert len(states) == 6 and states[0] is noise
-    exact = GMM.ode_endpoint(noise.double(), 999.0)
+    exact = gmm.ode_endpoint(noise.double(), 999.0)
     assert _rmse(states[-1], exact) < 2e-3 * float(exact.pow(2).mean().sqrt())
     sched.set_timesteps(5)  # an intermediate state against the exact solve to the same time
     t_mid = float(sched.grid.t[3])
-    assert _rmse(states[3], GMM.ode_endpoint(noise.double(), 999.0, t_end=t_mid)) < 1e-3
+    assert _rmse(states[3], gmm.ode_endpoint(noise.double(), 999.0, t_end=t_mid)) < 1e-3
 
 
 @pytest.mark.parametrize("scheduler", [None, DPMSolverPPScheduler(dc_ratios=[1.0] * 5)],
                          ids=["dc-solver", "dpm++2m-predictor-only"])
-def test_calibration_lowers_its_loss_and_not_the_held_out_accuracy(held_out, scheduler):
-    cal = calibrate_dc(gmm_model, 5, scheduler=scheduler, sample_shape=SHAPE, num_samples=10, progress=False)
+def test_calibration_lowers_its_loss_and_not_the_held_out_accuracy(held_out, scheduler, gmm, gmm_eps,
+                                                                   seeded_noise):
+    cal = calibrate_dc(gmm_eps, 5, scheduler=scheduler, sample_shape=SHAPE, num_samples=10, progress=False)
     assert cal.ratios[:2] == [1.0, 1.0] and len(cal.ratios) == 5
     assert all(np.isfinite(cal.ratios)) and any(abs(r - 1.0) > 1e-3 for r in cal.ratios)
     assert len(cal.loss_at_one) == len(cal.loss_calibrated) == 3
@@ -52,18 +47,18 @@ def test_calibration_lowers_its_loss_and_not_the_held_out_accuracy(held_out, sch
     noise, exact = held_out
     base = DPMSolverPPScheduler() if scheduler is not None else UniPCScheduler()
     calibrated = type(base)(dc_ratios=cal.ratios)
-    before = _rmse(sample_with(base, GMM, noise.float(), 5), exact)
-    after = _rmse(sample_with(calibrated, GMM, noise.float(), 5), exact)
+    before = _rmse(sample_with(base, gmm, noise.float(), 5), exact)
+    after = _rmse(sample_with(calibrated, gmm, noise.float(), 5), exact)
     assert after <= before  # measured: UniPC 0.230 -> 0.197, DPM++2M 0.245 -> 0.194
     # the calibration's own differentiable step is the scheduler's step: its last loss is the endpoint error
-    own_noise = torch.randn(10, *SHAPE, generator=torch.Generator().manual_seed(0))
-    reference_end = reference_trajectory(gmm_model, calibrated, 5, own_noise, progress=False)[-1]
-    end = sample_with(type(base)(dc_ratios=cal.ratios), GMM, own_noise, 5)
+    own_noise = seeded_noise((10, *SHAPE))
+    reference_end = reference_trajectory(gmm_eps, calibrated, 5, own_noise, progress=False)[-1]
+    end = sample_with(type(base)(dc_ratios=cal.ratios), gmm, own_noise, 5)
     assert float((end - reference_end).pow(2).mean()) == pytest.approx(cal.loss_calibrated[-1], rel=1e-4)
 
 
-def test_calibration_saves_and_loads(tmp_path):
-    cal = calibrate_dc(gmm_model, 4, sample_shape=SHAPE, num_samples=3, iterations=2, progress=False)
+def test_calibration_saves_and_loads(tmp_path, gmm_eps):
+    cal = calibrate_dc(gmm_eps, 4, sample_shape=SHAPE, num_samples=3, iterations=2, progress=False)
     cal.save(tmp_path / "cal.json")
     assert DCCalibration.load(tmp_path / "cal.json") == cal
     assert cal.model_calls > 200  # the reference solve and the corrector's model calls are counted
@@ -92,17 +87,17 @@ def test_stable_diffusion_pipeline_with_guidance(tmp_path):
     assert adapter.sample_shape == (4, 8, 8)
 
 
-def test_bad_input():
+def test_bad_input(gmm_eps):
     with pytest.raises(ValueError, match="UniPCScheduler or DPMSolverPPScheduler"):
-        calibrate_dc(gmm_model, 5, scheduler=DEISScheduler(), sample_shape=SHAPE)
+        calibrate_dc(gmm_eps, 5, scheduler=DEISScheduler(), sample_shape=SHAPE)
     with pytest.raises(ValueError, match="sample_shape"):
-        calibrate_dc(gmm_model, 5)
+        calibrate_dc(gmm_eps, 5)
     with pytest.raises(ValueError, match="multistep"):
-        calibrate_dc(gmm_model, 5, scheduler=DPMSolverPPScheduler(singlestep=True), sample_shape=SHAPE)
+        calibrate_dc(gmm_eps, 5, scheduler=DPMSolverPPScheduler(singlestep=True), sample_shape=SHAPE)
     with pytest.raises(ValueError, match="dualfast_strength=0"):
-        calibrate_dc(gmm_model, 5, scheduler=DCSolverScheduler(dualfast_strength=0.5), sample_shape=SHAPE)
+        calibrate_dc(gmm_eps, 5, scheduler=DCSolverScheduler(dualfast_strength=0.5), sample_shape=SHAPE)
     with pytest.raises(ValueError, match=">= 1"):
-        calibrate_dc(gmm_model, 0, sample_shape=SHAPE)
+        calibrate_dc(gmm_eps, 0, sample_shape=SHAPE)
     from diffusers_ext.models.digits import load_pipeline
 
     with pytest.raises(ValueError, match="one per sample"):

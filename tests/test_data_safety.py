@@ -9,15 +9,8 @@ import torch
 
 from diffusers_ext import DCSolverScheduler, USFScheduler
 from diffusers_ext.eval import sweep as sw
-from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.results_log import ResultsFileBusy, append_row, exclusive, read_rows
 from diffusers_ext.search import EndpointObjective, calibrate_dc_grid, s3_search
-
-GMM = GaussianMixtureDenoiser()
-
-
-def gmm_model(x, t):
-    return GMM(x, t).sample
 
 
 def _gmm(out, **kw):
@@ -54,26 +47,25 @@ def test_an_unknown_extractor_is_refused_for_the_digits_model(tmp_path):
     assert not out.exists()
 
 
-def test_dc_calibration_rows_are_keyed_by_their_settings(tmp_path):
+def test_dc_calibration_rows_are_keyed_by_their_settings(tmp_path, gmm_eps):
     out = tmp_path / "cal.jsonl"
     kw = dict(sample_shape=(2, 4, 4), reference_steps=12, iterations=2, progress=False, out=out, model_key="gmm")
-    first = calibrate_dc_grid(gmm_model, [3], num_samples=2, **kw)[(3, 1.0)]
-    assert calibrate_dc_grid(gmm_model, [3], num_samples=2, **kw)[(3, 1.0)] == first  # resumed
+    first = calibrate_dc_grid(gmm_eps, [3], num_samples=2, **kw)[(3, 1.0)]
+    assert calibrate_dc_grid(gmm_eps, [3], num_samples=2, **kw)[(3, 1.0)] == first  # resumed
     assert len(read_rows(out)) == 1
-    more = calibrate_dc_grid(gmm_model, [3], num_samples=4, **kw)[(3, 1.0)]
+    more = calibrate_dc_grid(gmm_eps, [3], num_samples=4, **kw)[(3, 1.0)]
     assert more.loss_at_one != first.loss_at_one and len(read_rows(out)) == 2
-    ddim_grid = calibrate_dc_grid(gmm_model, [3], num_samples=2, scheduler=DCSolverScheduler(
+    ddim_grid = calibrate_dc_grid(gmm_eps, [3], num_samples=2, scheduler=DCSolverScheduler(
         timestep_spacing="trailing"), **kw)[(3, 1.0)]
     assert ddim_grid.loss_at_one != first.loss_at_one and len(read_rows(out)) == 3
 
 
-def test_s3_archive_entries_are_keyed_by_the_objective(tmp_path):
+def test_s3_archive_entries_are_keyed_by_the_objective(tmp_path, gmm_eps, seeded_noise):
     archive = tmp_path / "a.jsonl"
     schedule = USFScheduler().noise_schedule
 
     def objective(seed):
-        return EndpointObjective(gmm_model, torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(seed)),
-                                 reference_steps=20)
+        return EndpointObjective(gmm_eps, seeded_noise((4, 2, 4, 4), seed), reference_steps=20)
 
     budget = 4 * 3 * 16
     first = s3_search(objective(0), schedule, 3, budget, archive=archive, progress=False)
@@ -101,14 +93,18 @@ def _sweep_worker(out, barrier, queue):
         queue.put(str(err))
 
 
+def _start_and_join(procs, timeout=60):
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+
+
 def test_two_sweeps_on_one_file_never_double_rows(tmp_path):
     ctx = mp.get_context("fork")  # children inherit the imports (spawn re-imports torch: ~10 s)
     out, barrier, queue = tmp_path / "s.jsonl", ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_sweep_worker, args=(out, barrier, queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
+    _start_and_join(procs)
     results = [queue.get(timeout=5) for _ in procs]
     rows = read_rows(out)
     keys = [r["key"] for r in rows]
@@ -146,11 +142,7 @@ def test_a_held_file_is_refused_and_appends_never_mix(tmp_path):
         holder.join(30)
     assert _gmm(out)[0]["value"] > 0  # free again
     barrier = ctx.Barrier(2)
-    writers = [ctx.Process(target=_append_many, args=(tmp_path / "a.jsonl", tag, barrier)) for tag in "ab"]
-    for p in writers:
-        p.start()
-    for p in writers:
-        p.join(60)
+    _start_and_join([ctx.Process(target=_append_many, args=(tmp_path / "a.jsonl", tag, barrier)) for tag in "ab"])
     lines = (tmp_path / "a.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]  # every line is one whole row
     assert sorted((r["writer"], r["i"]) for r in rows) == sorted((w, i) for w in "ab" for i in range(100))

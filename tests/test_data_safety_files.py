@@ -17,6 +17,7 @@ from torch import nn
 from diffusers_ext.eval import fid as fidmod
 from diffusers_ext.models.digits import load_digits, to_uint8
 from diffusers_ext.quant import QuantizedLayer, collect_layer_inputs, load_quantized, quantize, save_quantized
+from tests.helpers import small_cnn
 
 
 def _digits():
@@ -185,9 +186,7 @@ def test_inception_weights_are_hashed_once_per_file_version(tmp_path, monkeypatc
 
 # ------------------------------------------------------------------------------------------- quantized files
 def _model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
-                         nn.SiLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.SiLU(), nn.Linear(16, 10)).eval()
+    return small_cnn(8, seed)
 
 
 @pytest.fixture(scope="module")

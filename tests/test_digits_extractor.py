@@ -1,28 +1,13 @@
 """digits-cnn through torch-fidelity: real held-out digits score far below noise."""
 
 import torch
-import torch_fidelity
 
-from diffusers_ext.eval.digits_extractor import register
 from diffusers_ext.models.digits import load_digits, to_uint8
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
+from tests.helpers import torch_fidelity_metrics
 
 
 def _fid(a, b):
-    register()
-    return torch_fidelity.calculate_metrics(input1=_Images(to_uint8(a)), input2=_Images(to_uint8(b)), fid=True,
-                                            feature_extractor="digits-cnn", verbose=False, cuda=False,
-                                            save_cpu_ram=True)["frechet_inception_distance"]
+    return torch_fidelity_metrics(to_uint8(a), to_uint8(b), fid=True)["frechet_inception_distance"]
 
 
 def test_held_out_digits_versus_noise():

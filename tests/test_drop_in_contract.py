@@ -16,7 +16,6 @@ from diffusers_ext.models import GaussianMixtureDenoiser
 from diffusers_ext.schedulers import hand_designed_schedule
 from tests.helpers import DC, run_sampler
 
-MODEL = GaussianMixtureDenoiser()
 SOURCES = ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
            "DEISMultistepScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "PNDMScheduler",
            "FlowMatchEulerDiscreteScheduler", "LCMScheduler"]
@@ -32,8 +31,7 @@ def saved_config(tmp_path, name, **kwargs):
     return cls.load_config(tmp_path)
 
 
-def _x(seed=0, shape=(2, 3, 4, 4)):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+SHAPE = (2, 3, 4, 4)
 
 
 def _usf_schedule(flow: bool = False) -> dict:
@@ -55,7 +53,7 @@ def _ours(cls, flow: bool = False, **kw):
 @pytest.mark.parametrize("ours", [DPMSolverPPScheduler, UniPCScheduler, DEISScheduler, DCSolverScheduler,
                                   USFScheduler])
 @pytest.mark.parametrize("source", SOURCES)
-def test_from_config_of_every_saved_diffusers_config(tmp_path, ours, source):
+def test_from_config_of_every_saved_diffusers_config(tmp_path, ours, source, gmm, seeded_noise):
     config = saved_config(tmp_path, source)
     cls, kw = _ours(ours, flow=source.startswith("FlowMatch"))
     sched = cls.from_config(config, **kw)
@@ -65,12 +63,12 @@ def test_from_config_of_every_saved_diffusers_config(tmp_path, ours, source):
         for key, value in {**SD_BETAS, "prediction_type": "v_prediction"}.items():
             assert sched.config[key] == value, key
     sched.set_timesteps(6)
-    x = run_sampler(sched, MODEL, _x())
+    x = run_sampler(sched, gmm, seeded_noise(SHAPE))
     assert torch.isfinite(x).all()
 
 
 @pytest.mark.parametrize("ours", [DPMSolverPPScheduler, UniPCScheduler, DEISScheduler, DCSolverScheduler])
-def test_wan_style_unipc_flow_config_into_every_family(tmp_path, ours):
+def test_wan_style_unipc_flow_config_into_every_family(tmp_path, ours, seeded_noise):
     """Wan / LTX save UniPCMultistep with flow sigmas: every family follows the flow schedule."""
     config = saved_config(tmp_path, "UniPCMultistepScheduler", use_flow_sigmas=True, flow_shift=5.0,
                           prediction_type="flow_prediction", beta_schedule="linear", beta_start=0.0001,
@@ -83,7 +81,7 @@ def test_wan_style_unipc_flow_config_into_every_family(tmp_path, ours):
     mine.set_timesteps(8)
     np.testing.assert_allclose(mine.sigmas.numpy(), theirs.sigmas.numpy(), atol=2e-3)  # grid convention: README
     flow = GaussianMixtureDenoiser(schedule=mine.noise_schedule, prediction_type="flow_prediction")
-    assert torch.isfinite(run_sampler(mine, flow, _x())).all()
+    assert torch.isfinite(run_sampler(mine, flow, seeded_noise(SHAPE))).all()
 
 
 @pytest.mark.parametrize("source,kwargs,expected", [
@@ -100,7 +98,7 @@ def test_deis_never_takes_a_foreign_solver_type(tmp_path, source, kwargs, expect
     assert in_memory.config.solver_type == expected
 
 
-def test_foreign_solver_options_take_our_defaults(tmp_path):
+def test_foreign_solver_options_take_our_defaults(tmp_path, reload_scheduler):
     assert DPMSolverPPScheduler.from_config(saved_config(tmp_path / "u", "UniPCMultistepScheduler")
                                             ).config.solver_type == "midpoint"
     deis = saved_config(tmp_path / "d", "DEISMultistepScheduler")
@@ -109,12 +107,11 @@ def test_foreign_solver_options_take_our_defaults(tmp_path):
                                       ).config.solver_type == "bh2"
     # a solver option of our own DC-Solver is not a DPM-Solver++ option
     dc = DCSolverScheduler(**DC, solver_type="bh1")
-    dc.save_pretrained(tmp_path / "dc")
-    dpm = DPMSolverPPScheduler.from_pretrained(tmp_path / "dc")
+    dpm = reload_scheduler(dc, "dc", cls=DPMSolverPPScheduler)
     assert dpm.config.solver_type == "midpoint" and not dpm.compensates
 
 
-def test_same_family_options_are_kept_and_match_diffusers(tmp_path):
+def test_same_family_options_are_kept_and_match_diffusers(tmp_path, gmm, seeded_noise):
     """A saved DPM-Solver / UniPC pipeline config gives the same algorithm as diffusers' scheduler."""
     for source, ours, kwargs in [
         ("DPMSolverMultistepScheduler", DPMSolverPPScheduler, {"solver_order": 3, "timestep_spacing": "trailing"}),
@@ -128,8 +125,8 @@ def test_same_family_options_are_kept_and_match_diffusers(tmp_path):
         mine = ours.from_config(config)
         for key, value in kwargs.items():
             assert mine.config[key] == value, key
-        a = run_sampler(mine, MODEL, _x(), 8)
-        b = run_sampler(theirs, MODEL, _x(), 8)
+        a = run_sampler(mine, gmm, seeded_noise(SHAPE), 8)
+        b = run_sampler(theirs, gmm, seeded_noise(SHAPE), 8)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -149,7 +146,7 @@ def test_deis_logrho_weights_are_the_closed_form():
     assert integral_times_exp(basis[0], 0.0) == 0.0  # the step into sigma = 0
 
 
-def test_deis_logrho_is_diffusers_deis():
+def test_deis_logrho_is_diffusers_deis(gmm, seeded_noise):
     """DEIS' log-rho variant (diffusers' DEISMultistepScheduler), step by step (diffusers' DEIS stops at
     sigma_min, so the last step differs by design)."""
     for order in (2, 3):
@@ -158,10 +155,10 @@ def test_deis_logrho_is_diffusers_deis():
         theirs.set_timesteps(10)
         mine.set_timesteps(10)
         assert torch.equal(mine.timesteps, theirs.timesteps)
-        x = y = _x()
+        x = y = seeded_noise(SHAPE)
         for t in mine.timesteps[:-1]:
-            x = mine.step(MODEL(x, t).sample, t, x).prev_sample
-            y = theirs.step(MODEL(y, t).sample, t, y).prev_sample
+            x = mine.step(gmm(x, t).sample, t, x).prev_sample
+            y = theirs.step(gmm(y, t).sample, t, y).prev_sample
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)  # diffusers' float32 coefficients
 
 
@@ -349,15 +346,15 @@ def test_sigmas_and_timesteps_as_diffusers():
 
 
 # ----------------------------------------------------------------------------------- item 5: schedules
-def edm_denoiser(prediction_type: str, sigma_data: float = 0.5):
-    """The exact GMM denoiser behind EDM preconditioning: model(c_in x, log(sigma) / 4) -> F with
+def edm_denoiser(gmm, prediction_type: str, sigma_data: float = 0.5):
+    """The exact GMM denoiser ``gmm`` behind EDM preconditioning: model(c_in x, log(sigma) / 4) -> F with
     c_skip x + c_out F = E[x0 | x] (arXiv 2206.00364, table 1)."""
 
     def model(x_in, c_noise):
         sigma = torch.exp(4 * torch.as_tensor(c_noise, dtype=torch.float64)).reshape(-1).expand(x_in.shape[0])[:, None]
         norm = sigma**2 + sigma_data**2
         x = x_in.reshape(x_in.shape[0], -1).double() * norm.sqrt()
-        x0, _ = MODEL.posterior(x, torch.ones_like(sigma), sigma)
+        x0, _ = gmm.posterior(x, torch.ones_like(sigma), sigma)
         F = (x0 - sigma_data**2 / norm * x) / (sigma * sigma_data / norm.sqrt())
         return (F if prediction_type == "epsilon" else -F).reshape(x_in.shape).to(x_in.dtype)
 
@@ -374,7 +371,7 @@ def run_edm(sched, model, x):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("kwargs", [{}, {"solver_order": 3}, {"sigma_schedule": "exponential"}])
-def test_edm_dpm_solver_config_is_followed_as_diffusers(tmp_path, prediction_type, kwargs):
+def test_edm_dpm_solver_config_is_followed_as_diffusers(tmp_path, prediction_type, kwargs, gmm, seeded_noise):
     """Playground v2.5's scheduler: DPM-Solver++ on the EDM schedule equals diffusers' EDMDPMSolverMultistep."""
     config = saved_config(tmp_path, "EDMDPMSolverMultistepScheduler", prediction_type=prediction_type, **kwargs)
     theirs = diffusers.EDMDPMSolverMultistepScheduler.from_config(config)
@@ -384,12 +381,12 @@ def test_edm_dpm_solver_config_is_followed_as_diffusers(tmp_path, prediction_typ
     mine.set_timesteps(10)
     torch.testing.assert_close(mine.timesteps, theirs.timesteps.float(), rtol=0, atol=1e-6)
     torch.testing.assert_close(mine.sigmas, theirs.sigmas.float(), rtol=1e-6, atol=0)
-    model, x = edm_denoiser(prediction_type), _x(shape=(4, 2, 4, 4))
+    model, x = edm_denoiser(gmm, prediction_type), seeded_noise((4, 2, 4, 4))
     torch.testing.assert_close(run_edm(mine, model, x), run_edm(theirs, model, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("ours", [UniPCScheduler, DEISScheduler, DCSolverScheduler])
-def test_edm_euler_config_is_followed_by_every_family(tmp_path, ours):
+def test_edm_euler_config_is_followed_by_every_family(tmp_path, ours, gmm, seeded_noise):
     config = saved_config(tmp_path, "EDMEulerScheduler")
     theirs = diffusers.EDMEulerScheduler.from_config(config)
     cls, kw = _ours(ours)
@@ -397,8 +394,8 @@ def test_edm_euler_config_is_followed_by_every_family(tmp_path, ours):
     theirs.set_timesteps(8)
     mine.set_timesteps(8)
     torch.testing.assert_close(mine.sigmas, theirs.sigmas.float(), rtol=1e-6, atol=0)  # not a DDPM schedule
-    x = _x(shape=(4, 2, 4, 4))
-    assert torch.isfinite(run_edm(mine, edm_denoiser("epsilon"), x)).all()
+    x = seeded_noise((4, 2, 4, 4))
+    assert torch.isfinite(run_edm(mine, edm_denoiser(gmm, "epsilon"), x)).all()
     torch.testing.assert_close(mine.scale_model_input(x, mine.timesteps[0]),
                                theirs.scale_model_input(x, theirs.timesteps[0]), rtol=1e-6, atol=0)
 
@@ -427,12 +424,12 @@ def test_cogvideox_snr_shift_is_followed(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- item 6 (schedule part)
-def test_rescale_zero_snr_with_default_linear_betas():
+def test_rescale_zero_snr_with_default_linear_betas(gmm, seeded_noise):
     """Rescaled linear betas reach alpha_bar < 2^-24 before T - 1, where diffusers puts 2^-24."""
     sched = DPMSolverPPScheduler.from_config(diffusers.DDPMScheduler(rescale_betas_zero_snr=True).config)
     assert sched.config.rescale_betas_zero_snr
     assert torch.all(sched.alphas_cumprod[1:] < sched.alphas_cumprod[:-1])
-    x = run_sampler(sched, MODEL, _x(), 6, timesteps=[999, 800, 600, 400, 200, 0])
+    x = run_sampler(sched, gmm, seeded_noise(SHAPE), 6, timesteps=[999, 800, 600, 400, 200, 0])
     assert torch.isfinite(x).all()
 
 
@@ -469,14 +466,14 @@ def test_huge_mu_is_refused():
     assert math.isfinite(float(sched.sigmas[0]))
 
 
-def test_step_once_too_often():
+def test_step_once_too_often(gmm, seeded_noise):
     sched = DPMSolverPPScheduler()
-    x = run_sampler(sched, MODEL, _x(), 4)
+    x = run_sampler(sched, gmm, seeded_noise(SHAPE), 4)
     t = sched.timesteps[-1]
     with pytest.raises(ValueError, match="step called after the last of the 4 steps"):
-        sched.step(MODEL(x, t).sample, t, x)
+        sched.step(gmm(x, t).sample, t, x)
     sched.set_timesteps(4)  # a new run works
-    assert torch.isfinite(run_sampler(sched, MODEL, _x())).all()
+    assert torch.isfinite(run_sampler(sched, gmm, seeded_noise(SHAPE))).all()
 
 
 # ----------------------------------------------------------------------------------- item 9: README recipes

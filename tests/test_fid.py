@@ -5,23 +5,11 @@ import shutil
 
 import pytest
 import torch
-import torch_fidelity
 from safetensors.torch import load_file, save_file
 
 from diffusers_ext.eval import fid as fidmod
-from diffusers_ext.eval.digits_extractor import register
 from diffusers_ext.models.digits import load_digits, to_uint8
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
+from tests.helpers import torch_fidelity_metrics
 
 
 def _inputs():
@@ -33,9 +21,7 @@ def _inputs():
 
 def test_equals_torch_fidelity_calculate_metrics():
     a, b = _inputs()
-    register()
-    theirs = torch_fidelity.calculate_metrics(input1=_Images(a), input2=_Images(b), fid=True, cuda=False,
-                                              feature_extractor="digits-cnn", verbose=False, save_cpu_ram=True)
+    theirs = torch_fidelity_metrics(a, b, fid=True)
     ours = fidmod.fid(a, b)["fid"]
     assert abs(ours - theirs["frechet_inception_distance"]) <= 1e-4 * theirs["frechet_inception_distance"]
     assert ours > 1.0
@@ -104,10 +90,7 @@ def test_fid_cli_prints_json(tmp_path, capsys):
 
 def test_kid_and_precision_recall_equal_torch_fidelity():
     a, b = _inputs()
-    register()
-    theirs = torch_fidelity.calculate_metrics(input1=_Images(a), input2=_Images(b), kid=True, prc=True, cuda=False,
-                                              feature_extractor="digits-cnn", verbose=False, save_cpu_ram=True,
-                                              kid_subset_size=len(a))
+    theirs = torch_fidelity_metrics(a, b, kid=True, prc=True, kid_subset_size=len(a))
     ours = fidmod.kid_and_precision_recall(a, b)
     assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
     assert ours["precision"] == pytest.approx(theirs["precision"], rel=1e-6)

@@ -29,6 +29,17 @@ def _pipe(scheduler, denoiser=HMM):
     return pipe
 
 
+def _recording(denoiser):
+    """``denoiser`` wrapped to keep a copy of the tokens of every call: (wrapped denoiser, list of those tokens)."""
+    seen = []
+
+    def recording(tokens):
+        seen.append(tokens.clone())
+        return denoiser(tokens)
+
+    return recording, seen
+
+
 def _exact_chisquare_pvalue(out, L, prefix=()):
     """Chi-square of sampled sequences (rows of ``out``) against the HMM's exact distribution over the L
     free positions after a fixed ``prefix`` (classes with expectation < 5 pooled)."""
@@ -73,12 +84,7 @@ def test_mdlm_ancestral_with_many_steps_matches_the_exact_distribution(use_cache
 def test_cached_mdlm_calls_the_model_only_after_a_change():
     """One sequence of 6 tokens in 64 steps. Uncached: a call at every step until the sequence is complete;
     cached: a call only for each distinct sequence the uncached run saw; same tokens for the same seed."""
-    seen = []
-
-    def recording_hmm(tokens):
-        seen.append(tokens.clone())
-        return HMM(tokens)
-
+    recording_hmm, seen = _recording(HMM)
     pipe = _pipe(MDLMAncestralScheduler(num_inference_steps=64), recording_hmm)
     uncached = pipe(sequence_length=6, mask_token_id=MASK, use_cache=False, generator=torch.Generator().manual_seed(6))
     distinct = len({tuple(x.flatten().tolist()) for x in seen})
@@ -192,12 +198,7 @@ def test_filters_keep_the_documented_classes():
 def test_greedy_first_hitting_takes_the_most_likely_token():
     """temperature 0: each call's new token is the argmax of the exact conditional at its position given the
     sequence the model saw; top_k=1 is the same sampler."""
-    seen = []
-
-    def recording_hmm(tokens):
-        seen.append(tokens.clone())
-        return HMM(tokens)
-
+    recording_hmm, seen = _recording(HMM)
     out = _pipe(FirstHittingScheduler(temperature=0.0), recording_hmm)(
         batch_size=4, sequence_length=5, mask_token_id=MASK, generator=torch.Generator().manual_seed(2))
     states = seen + [out.sequences]

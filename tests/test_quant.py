@@ -16,12 +16,11 @@ from diffusers_ext.quant import (
     save_quantized,
     weight_scales,
 )
+from tests.helpers import small_cnn
 
 
 def _model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
-                         nn.SiLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.SiLU(), nn.Linear(32, 10)).eval()
+    return small_cnn(16, seed)
 
 
 def _inputs(n, seed):
