@@ -2,6 +2,7 @@
 
 
 import numpy as np
+import torch
 
 from diffusers_ext import UniPCScheduler
 from diffusers_ext.registry import OURS, from_config, make_scheduler, scheduler_class
