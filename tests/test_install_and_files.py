@@ -31,6 +31,16 @@ def tool_outputs(tmp_path_factory):
     return cpr, schedule
 
 
+def _reloaded_without_the_file(tmp_path, source, cls, option, **kwargs):
+    """``cls(option=<a copy of source>, **kwargs)`` saved, the copy deleted, then read back."""
+    copy = tmp_path / source.name
+    copy.write_text(source.read_text())
+    scheduler = cls(**{option: str(copy)}, **kwargs)
+    scheduler.save_pretrained(tmp_path / "scheduler")
+    copy.unlink()
+    return type(scheduler).from_pretrained(tmp_path / "scheduler")
+
+
 @pytest.mark.parametrize("as_path", [str, Path])
 def test_calibrate_dc_cpr_file_loads_by_path(tool_outputs, tmp_path, as_path):
     cpr_file, _ = tool_outputs
@@ -42,12 +52,7 @@ def test_calibrate_dc_cpr_file_loads_by_path(tool_outputs, tmp_path, as_path):
     assert not np.all(expected == 1.0)  # a real calibration, not the uncalibrated default
 
     # the saved config carries the CPR itself: it reloads after the file is gone
-    copy = tmp_path / "cpr.json"
-    copy.write_text(cpr_file.read_text())
-    saved = tmp_path / "scheduler"
-    DCSolverScheduler(dc_cpr=str(copy), dc_guidance_scale=1.0).save_pretrained(saved)
-    copy.unlink()
-    reloaded = DCSolverScheduler.from_pretrained(saved)
+    reloaded = _reloaded_without_the_file(tmp_path, cpr_file, DCSolverScheduler, "dc_cpr", dc_guidance_scale=1.0)
     assert reloaded.config.dc_cpr == contents
     np.testing.assert_array_equal(reloaded.resolve_ratios(5), expected)
 
@@ -61,12 +66,7 @@ def test_search_schedule_file_loads_by_path(tool_outputs, tmp_path, as_path):
     sched.set_timesteps(4)
     np.testing.assert_allclose(sched.timesteps.numpy(), contents["timesteps"][:-1][-4:], atol=1e-4)
 
-    copy = tmp_path / "schedule.json"
-    copy.write_text(schedule_file.read_text())
-    saved = tmp_path / "scheduler"
-    USFScheduler(solver_schedule=str(copy)).save_pretrained(saved)
-    copy.unlink()
-    reloaded = USFScheduler.from_pretrained(saved)
+    reloaded = _reloaded_without_the_file(tmp_path, schedule_file, USFScheduler, "solver_schedule")
     assert reloaded.config.solver_schedule == contents
     reloaded.set_timesteps(4)
     assert torch.equal(reloaded.timesteps, sched.timesteps)
