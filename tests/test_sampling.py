@@ -128,6 +128,8 @@ def test_model_fn_passes_keyword_arguments():
     labels = torch.tensor([3, 1])
     out = model_fn(Model(), class_labels=labels)(_noise(2), torch.tensor(500))
     assert torch.equal(out, GMM(_noise(2), torch.tensor(500)).sample) and seen["labels"] is labels
+    # calibrate_dc_grid names an unnamed callable by module and qualified name in its resume keys
+    assert model_fn(GMM).__qualname__ == "model_fn(GaussianMixtureDenoiser)"
 
 
 @pytest.mark.parametrize("variant", [{"use_karras_sigmas": True}, {"algorithm_type": "sde-dpmsolver++"},
