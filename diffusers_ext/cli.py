@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .registry import describe_short_names, named_set
 
@@ -143,6 +144,43 @@ def _calibrate_dc(args) -> int:
         with open(args.cpr_out, "w") as f:
             json.dump(cpr.to_config(), f, indent=1)
         print(json.dumps({"cpr": args.cpr_out, "fit_rmse": cpr.fit_rmse, "configs": len(calibrations)}))
+    return 0
+
+
+def _tune(args) -> int:
+    from .eval.sweep import MODELS, load_pipeline_folder, model_identity
+    from .optional import require
+    from .tune import tune
+
+    require("matplotlib", purpose="tune's plot")  # before any work
+    kwargs = {"num_calibration": args.samples, "num_validation": args.samples, "seed": args.seed,
+              "reference_steps": args.reference_steps, "refine": not args.no_refine}
+    if args.model == "gmm":
+        from .models import GaussianMixtureDenoiser
+        from .registry import make_scheduler
+        from .sampling import model_fn
+
+        if args.guidance != 1.0 or args.prompt:
+            raise SystemExit("the gmm model is unconditional: no --guidance or --prompt")
+        model = model_fn(GaussianMixtureDenoiser())
+        kwargs.update(sample_shape=(2, 4, 4), scheduler_config=make_scheduler("dpm++2m").config)
+    else:
+        if args.model == "digits":
+            from .models.digits import load_pipeline
+
+            model = load_pipeline()
+        elif args.model in MODELS:
+            raise SystemExit(f"tune supports digits, gmm or a pipeline folder, not {args.model}")
+        else:
+            model = load_pipeline_folder(args.model)
+        kwargs.update(guidance_scale=args.guidance, prompts=args.prompt or None)
+    out = Path(args.out)
+    result = tune(model, args.nfe, out=out / "tune.jsonl", model_key=model_identity(args.model), **kwargs)
+    result.save(out)
+    print(result.table())
+    print(json.dumps({"chosen": result.chosen, "scheduler": str(out / "scheduler"), "table": str(out / "tune.md"),
+                      "plot": str(out / "tune.png"), "model_evaluations": result.model_calls,
+                      "seconds": round(result.seconds, 1)}))
     return 0
 
 
@@ -293,6 +331,18 @@ def main(argv: list[str] | None = None) -> int:
                      "results/dc_calibration_<model>.jsonl)")
     cal.add_argument("--cpr-out", default=None, help="fit a CPR to the grid and write its config (JSON) here")
     cal.set_defaults(func=_calibrate_dc)
+    tune_cmd = command("tune", "the catalogue's best scheduler for a model at one NFE, checked on held-out noise; "
+                       "writes the scheduler config folder, a table and a plot; resumable")
+    tune_cmd.add_argument("--model", default="digits", help="digits, gmm, or a local diffusers pipeline folder")
+    tune_cmd.add_argument("--nfe", type=int, required=True, help="model calls per sample")
+    tune_cmd.add_argument("--guidance", type=float, default=1.0, help="guidance scale (pipelines)")
+    tune_cmd.add_argument("--prompt", action="append", default=[], help="prompt (repeatable; cycled over samples)")
+    tune_cmd.add_argument("--samples", type=int, default=16, help="calibration noises, and as many held-out ones")
+    tune_cmd.add_argument("--reference-steps", type=int, default=200, help="steps of the reference solve")
+    tune_cmd.add_argument("--no-refine", action="store_true", help="skip stage 2 (DC ratios for the winner)")
+    tune_cmd.add_argument("--seed", type=int, default=0)
+    tune_cmd.add_argument("--out", required=True, help="output folder: scheduler/, tune.md, tune.png, tune.jsonl")
+    tune_cmd.set_defaults(func=_tune)
     search = command("search", "S^3 search of a USF solver schedule for one NFE; resumable archive")
     search.add_argument("--model", default="digits", help="digits or gmm")
     search.add_argument("--nfe", type=int, default=5)

@@ -142,17 +142,20 @@ def plot_scores(result: TuneResult, path, top: int = 20) -> None:
     matplotlib = require("matplotlib", purpose="the tune plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     entries = ([result.baseline] if result.baseline is not None else []) + \
         ([result.refinement] if result.refinement is not None else []) + \
         [s for s in result.report if math.isfinite(s.validation_median)][:top]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(entries) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(entries) + 1.5))
     colors = ["tab:red" if s is result.baseline else "tab:green" if s.name == result.chosen else "tab:blue"
               for s in entries]
     ax.barh([s.name for s in entries][::-1], [s.validation_median for s in entries][::-1], color=colors[::-1])
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("median per-sample endpoint error on held-out noise (lower is better)")
-    ax.set_title(f"tune at NFE {result.nfe}: {result.chosen} (green); the model's own scheduler in red", fontsize=9)
+    ax.set_title(f"tune at NFE {result.nfe}: chosen {result.chosen} (green)"
+                 + ("; the model's own scheduler in red" if result.baseline is not None else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -189,7 +192,8 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
             ``scheduler_config``, the model's training schedule, are needed) or a diffusers pipeline
             (``search.denoisers.pipeline_denoiser``: the digits pipeline, unconditional UNet pipelines, Stable
             Diffusion-like pipelines with ``prompts``); a pipeline's scheduler config is used unless given.
-        guidance_scale, prompts: for pipelines (class labels 0..9 in turn for the digits pipeline).
+        guidance_scale, prompts: for pipelines; prompts are cycled over the samples (the digits pipeline takes
+            class labels 0..9 in turn).
         num_calibration, num_validation: noises (from ``seed``) that choose, and that check the choice.
         candidates: default ``catalogue()``.
         refine: stage 2, DC-Solver's compensation for a winner that supports it (UniPC / DPM-Solver++ multistep
@@ -215,7 +219,10 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
     else:
         from .search.denoisers import pipeline_denoiser
 
-        adapter = pipeline_denoiser(model, total, guidance_scale, prompts)
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        conditioning = None if prompts is None else [prompts[i % len(prompts)] for i in range(total)]
+        adapter = pipeline_denoiser(model, total, guidance_scale, conditioning)
         denoise, shape, device, dtype = adapter.model, adapter.sample_shape, adapter.device, adapter.dtype
         own = model.scheduler
         scheduler_config = scheduler_config if scheduler_config is not None else model.scheduler.config

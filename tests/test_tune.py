@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,28 @@ def test_bad_input(gmm, kwargs, match):
 def test_unknown_catalogue_entries():
     with pytest.raises(ValueError, match="Unknown catalogue entries.*solvers"):
         catalogue(["dpm++9m"])
+
+
+def test_cli_writes_the_folder_and_resumes(tmp_path, capsys):
+    from diffusers_ext.cli import main
+
+    argv = ["tune", "--model", "gmm", "--nfe", "4", "--samples", "3", "--reference-steps", "40", "--no-refine",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    config = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] in ("DPMSolverPPScheduler", "UniPCScheduler", "DEISScheduler")
+    assert first["chosen"] in (tmp_path / "tune.md").read_text() and (tmp_path / "tune.png").exists()
+    assert first["model_evaluations"] == 6 * (40 + 66 * 4)
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["model_evaluations"] == 0 and again["chosen"] == first["chosen"]
+
+
+def test_cli_bad_model(tmp_path, capsys):
+    from diffusers_ext.cli import main
+
+    assert main(["tune", "--model", str(tmp_path / "missing"), "--nfe", "4", "--out", str(tmp_path / "out")]) == 2
+    assert "does not load" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="the gmm model is unconditional"):
+        main(["tune", "--model", "gmm", "--nfe", "4", "--guidance", "3", "--out", str(tmp_path / "out")])
