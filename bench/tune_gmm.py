@@ -31,7 +31,7 @@ from diffusers_ext.models.gmm import GaussianMixtureDenoiser  # noqa: E402
 from diffusers_ext.registry import make_scheduler, named_set  # noqa: E402
 from diffusers_ext.sampling import model_fn, sample  # noqa: E402
 from diffusers_ext.schedulers import DPMSolverPPScheduler  # noqa: E402
-from diffusers_ext.tune import tune  # noqa: E402
+from diffusers_ext.tuning import tune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {

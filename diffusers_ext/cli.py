@@ -150,7 +150,7 @@ def _calibrate_dc(args) -> int:
 def _tune(args) -> int:
     from .eval.sweep import MODELS, load_pipeline_folder, model_identity
     from .optional import require
-    from .tune import tune
+    from .tuning import tune
 
     require("matplotlib", purpose="tune's plot")  # before any work
     kwargs = {"num_calibration": args.samples, "num_validation": args.samples, "seed": args.seed,

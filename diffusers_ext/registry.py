@@ -101,7 +101,7 @@ SETS: dict[str, dict[str, str]] = {
     },
 }
 
-# the tuning catalogue (``diffusers_ext.tune``): every solver variant here on every grid below
+# the tuning catalogue (``diffusers_ext.tuning``): every solver variant here on every grid below
 CATALOGUE_SOLVERS: dict[str, str] = {
     "dpm++2m": "dpm++2m",
     "dpm++3m": "dpm++3m:third_order_taylor=true",

@@ -1,5 +1,5 @@
-"""``tune``: the best scheduler of the catalogue for one model at one NFE, chosen on calibration noise and
-checked on held-out noise.
+"""``tune`` (``from diffusers_ext import tune``): the catalogue's best scheduler for one model at one NFE,
+chosen on calibration noise and checked on held-out noise.
 
 Every candidate (family x grid x order x DualFast strength, ``catalogue``) samples the same noises at the
 given NFE; its error is measured per sample against a high-NFE reference of the same noise

@@ -14,7 +14,7 @@ from diffusers_ext.results_log import read_rows
 from diffusers_ext.sampling import model_fn, reference_solve
 from diffusers_ext.schedulers import DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.schedulers.engine.noise_schedules import FlowMatching
-from diffusers_ext.tune import beats_beyond_spread, catalogue, tune
+from diffusers_ext.tuning import beats_beyond_spread, catalogue, tune
 
 SHAPE = (2, 4, 4)
 
