@@ -102,8 +102,30 @@ def _train_digits(args) -> int:
     return 0
 
 
+GMM_SAMPLE_SHAPE = (2, 4, 4)  # the GMM model of calibrate-dc and tune: a 32-dimensional mixture
+
+
+def _load_model(name: str, command: str):
+    """The model a command runs on: the exact GMM as a callable (x, t) -> output, or a pipeline (the embedded
+    digits model or a local pipeline folder)."""
+    from .eval.sweep import MODELS, load_pipeline_folder
+
+    if name == "gmm":
+        from .models import GaussianMixtureDenoiser
+        from .sampling import model_fn
+
+        return model_fn(GaussianMixtureDenoiser())
+    if name == "digits":
+        from .models.digits import load_pipeline
+
+        return load_pipeline()
+    if name in MODELS:
+        raise SystemExit(f"{command} supports digits, gmm or a pipeline folder, not {name}")
+    return load_pipeline_folder(name)
+
+
 def _calibrate_dc(args) -> int:
-    from .eval.sweep import MODELS, default_out, load_pipeline_folder, model_identity
+    from .eval.sweep import default_out, model_identity
     from .registry import from_config, make_scheduler, parse_spec
     from .search import calibrate_dc_grid, fit_cpr
 
@@ -112,23 +134,12 @@ def _calibrate_dc(args) -> int:
     parse_spec(args.scheduler)  # a bad name or option fails before the model loads
     kwargs = {"num_samples": args.samples, "reference_steps": args.reference_steps, "iterations": args.iterations,
               "seed": args.seed}
+    if args.model == "gmm" and guidances != [1.0]:
+        raise SystemExit("the gmm model is unconditional: use --guidance 1")
+    model = _load_model(args.model, "calibrate-dc")
     if args.model == "gmm":
-        from .models import GaussianMixtureDenoiser
-        from .sampling import model_fn
-
-        if guidances != [1.0]:
-            raise SystemExit("the gmm model is unconditional: use --guidance 1")
-        model, kwargs["sample_shape"] = model_fn(GaussianMixtureDenoiser()), (2, 4, 4)
-        kwargs["scheduler"] = make_scheduler(args.scheduler)
+        kwargs["sample_shape"], kwargs["scheduler"] = GMM_SAMPLE_SHAPE, make_scheduler(args.scheduler)
     else:
-        if args.model == "digits":
-            from .models.digits import load_pipeline
-
-            model = load_pipeline()
-        elif args.model in MODELS:
-            raise SystemExit(f"calibrate-dc supports digits, gmm or a pipeline folder, not {args.model}")
-        else:
-            model = load_pipeline_folder(args.model)
         kwargs["scheduler"] = from_config(args.scheduler, model.scheduler.config)
         if args.prompt:
             kwargs["conditioning"] = [args.prompt[i % len(args.prompt)] for i in range(args.samples)]
@@ -148,31 +159,20 @@ def _calibrate_dc(args) -> int:
 
 
 def _tune(args) -> int:
-    from .eval.sweep import MODELS, load_pipeline_folder, model_identity
+    from .eval.sweep import model_identity
     from .optional import require
+    from .registry import make_scheduler
     from .tuning import tune
 
     require("matplotlib", purpose="tune's plot")  # before any work
     kwargs = {"num_calibration": args.samples, "num_validation": args.samples, "seed": args.seed,
               "reference_steps": args.reference_steps, "refine": not args.no_refine}
+    if args.model == "gmm" and (args.guidance != 1.0 or args.prompt):
+        raise SystemExit("the gmm model is unconditional: no --guidance or --prompt")
+    model = _load_model(args.model, "tune")
     if args.model == "gmm":
-        from .models import GaussianMixtureDenoiser
-        from .registry import make_scheduler
-        from .sampling import model_fn
-
-        if args.guidance != 1.0 or args.prompt:
-            raise SystemExit("the gmm model is unconditional: no --guidance or --prompt")
-        model = model_fn(GaussianMixtureDenoiser())
-        kwargs.update(sample_shape=(2, 4, 4), scheduler_config=make_scheduler("dpm++2m").config)
+        kwargs.update(sample_shape=GMM_SAMPLE_SHAPE, scheduler_config=make_scheduler("dpm++2m").config)
     else:
-        if args.model == "digits":
-            from .models.digits import load_pipeline
-
-            model = load_pipeline()
-        elif args.model in MODELS:
-            raise SystemExit(f"tune supports digits, gmm or a pipeline folder, not {args.model}")
-        else:
-            model = load_pipeline_folder(args.model)
         kwargs.update(guidance_scale=args.guidance, prompts=args.prompt or None)
     out = Path(args.out)
     result = tune(model, args.nfe, out=out / "tune.jsonl", model_key=model_identity(args.model), **kwargs)
