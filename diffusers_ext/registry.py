@@ -45,7 +45,7 @@ SHORT_NAMES: dict[str, tuple[str, dict]] = {
     "ipndm": ("DEISScheduler", {"solver_type": "ipndm", "solver_order": 4}),
 }
 
-# diffusers at its best (DESIGN.md section 8): each class on each of its grids (its UniPC has no lu_lambdas)
+# diffusers at its best: each class on each of its grids (its UniPC has no lu_lambdas)
 _GRIDS = {"": "", " karras": "use_karras_sigmas=true", " exponential": "use_exponential_sigmas=true",
           " lu_lambdas": "use_lu_lambdas=true", " trailing": "timestep_spacing=trailing"}
 

@@ -27,7 +27,9 @@ def gmm():
 @pytest.fixture(scope="session")
 def gmm_eps(gmm):
     """``gmm`` as a plain ``model(x, t) -> tensor`` function (what the search and calibration tools take)."""
-    return lambda x, t: gmm(x, t).sample
+    from diffusers_ext.sampling import model_fn
+
+    return model_fn(gmm)
 
 
 @pytest.fixture(scope="session")

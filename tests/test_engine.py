@@ -131,3 +131,31 @@ def test_a_new_family_is_one_class_and_matches_diffusers(tmp_path):
         x_ours = ours.step(out, t, x_ours).prev_sample
         if k < n - 1:  # diffusers' last DDIM step goes to alphas_cumprod[0] (set_alpha_to_one=False), ours too
             torch.testing.assert_close(x_ours, x_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_and_plan_are_read_only():
+    sched = UniPCScheduler()
+    sched.set_timesteps(5)
+    with pytest.raises(ValueError, match="read-only"):
+        sched.plan.table[0] *= 0
+    with pytest.raises(ValueError, match="read-only"):
+        sched.grid.sigma[0] = 1.0
+
+
+def test_a_family_declaration_is_only_a_signature():
+    """The declared __init__ is never run: a body, or options that are not keyword-only, are refused at once."""
+    with pytest.raises(TypeError, match=r"keyword-only parameters with defaults.*\['eta'\]"):
+        class Positional(SolverScheduler):
+            def __init__(self, eta: float = 0.5, **options) -> None:
+                """eta"""
+    with pytest.raises(TypeError, match="its body is never run"):
+        class WithBody(SolverScheduler):
+            def __init__(self, *, eta: float = 0.5, **options) -> None:
+                self.eta = eta
+
+
+def test_generated_constructor_has_type_hints():
+    import typing
+
+    hints = typing.get_type_hints(DPMSolverPPScheduler.__init__)
+    assert hints["solver_type"] == Literal["midpoint", "heun"] and hints["num_train_timesteps"] is int

@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..registry import make_scheduler, parse_spec, split_options, split_specs  # noqa: F401 - names kept here
+from ..registry import make_scheduler, parse_spec
 from ..results_log import ResultsFileBusy, append_row, exclusive, fingerprint, identity, read_rows, scheduler_identity
 
 MODELS = ("digits", "gmm")
-parse_scheduler = parse_spec  # the spec parser lives in diffusers_ext.registry
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
     ``SolverScheduler``.
 
     Predictor-only dynamic compensation (DC-Solver, arXiv 2409.03755, section 4.4): the ``dc_*`` options of
-    ``compensation.py`` (multistep only).
+    ``dc_solver/compensation.py`` (multistep only).
 
     DualFast (arXiv 2506.13058): the ``dualfast_*`` options of ``dualfast.py`` (multistep only) mix each
     output with the first one in noise space; with ``solver_order=1`` this is DualFast-DDIM.

@@ -70,7 +70,7 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     Options (diffusers' names): ``solver_order`` 1-3, ``solver_type`` "bh1" / "bh2", ``predict_x0``,
     ``lower_order_final``, ``disable_corrector`` (step indices whose following corrector is skipped), and
     ``use_corrector=False`` for UniP alone. Every grid / schedule option of ``SolverScheduler`` applies, and
-    the ``dc_*`` options of dynamic compensation (``compensation.py``; ``DCSolverScheduler`` is UniPC with it)
+    the ``dc_*`` options of dynamic compensation (``dc_solver/compensation.py``; ``DCSolverScheduler`` is UniPC with it)
     and the ``dualfast_*`` options of DualFast (``dualfast.py``, arXiv 2506.13058; with ``predict_x0=False``
     the noise-prediction, DPM-Solver-like form).
     """

@@ -86,6 +86,7 @@ class USFScheduler(SolverScheduler):
 
     order_range = (1, 4)
     target = "data"
+    supports_begin_index = False  # a solver schedule runs from its first step
 
     def normalize_config(self) -> None:
         super().normalize_config()
@@ -93,10 +94,7 @@ class USFScheduler(SolverScheduler):
             self.register_to_config(solver_schedule=read_option_file(
                 "solver_schedule", self.config.solver_schedule, schedule_choices(), SolverSchedule.from_dict,
                 "shipped solver schedule"))
-
-    def check_config(self) -> None:
-        """Parses (and so validates) the schedule once; the config is frozen, so the parsed form is kept."""
-        super().check_config()
+        # the parsed (and so validated) schedule, once: the config is frozen
         schedule = self.config.solver_schedule
         if isinstance(schedule, str) and not schedule.lstrip().startswith("{"):
             schedule = load_shipped_schedule(schedule)
@@ -144,12 +142,6 @@ class USFScheduler(SolverScheduler):
             raise ScheduleError(f"the schedule ends at t={end:g}; USFScheduler samples to the clean end, "
                                 f"t={clean:g} for this noise schedule")
         super().set_timesteps(device=device, timesteps=list(schedule.timesteps[self._offset:-1]))
-
-    def _build_plan(self, begin: int) -> None:
-        if begin != 0:
-            raise ValueError("a USF solver schedule runs from its first step; set_begin_index / img2img starts "
-                             "inside the schedule are not supported")
-        super()._build_plan(begin)
 
     # ------------------------------------------------------------------------------ the step rule
     def _output(self, grid: Grid, i: int, j: int, prediction: str) -> Lin:

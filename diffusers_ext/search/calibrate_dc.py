@@ -79,7 +79,7 @@ def _scheduler_for(model, scheduler):
     if layout.anchor:
         raise ValueError("calibrate_dc calibrates the solver without DualFast: set dualfast_strength=0 (DualFast can "
                          "be switched on afterwards)")
-    if cfg.thresholding or layout.noise or getattr(cfg, "singlestep", False):
+    if cfg.thresholding or layout.noise or layout.samples or getattr(cfg, "singlestep", False):
         raise ValueError("calibrate_dc supports deterministic multistep solvers without thresholding")
     return scheduler
 

@@ -86,7 +86,8 @@ class CompensationOptions(TypedDict, total=False):
     """Dynamic compensation's options (``Annotated[type, default]``)."""
 
     dc_ratios: Annotated[list[float] | None, None]  # one ratio per step
-    dc_cpr: Annotated[dict | str | None, None]  # CPR config dict, a shipped CPR's name, or a --cpr-out file's path
+    # a CPR config dict, a shipped CPR's name, or the path of a --cpr-out file
+    dc_cpr: Annotated[dict | str | os.PathLike | None, None]
     dc_guidance_scale: Annotated[float | None, None]  # the guidance scale the CPR is evaluated at
 
 

@@ -224,6 +224,9 @@ class Grid:
         alpha, sigma = schedule.alpha_sigma(t)
         with np.errstate(divide="ignore"):
             lam = np.log(alpha) - np.log(sigma)
+        t = t.copy()
+        for array in (t, alpha, sigma, lam):
+            array.flags.writeable = False  # a run's grid is read, never edited (``SolverScheduler.grid``)
         return cls(t=t, alpha=alpha, sigma=sigma, lam=lam, sigma_data=getattr(schedule, "sigma_data", None))
 
     @property

@@ -10,6 +10,7 @@ signature, annotations and docstring list every option (for ``help()``, IDE sign
 from __future__ import annotations
 
 import difflib
+import dis
 import inspect
 import math
 import numbers
@@ -133,8 +134,30 @@ def check_common_options(cfg, scheduler_name: str, order_range: tuple[int, int])
              "lambda_min_clipped applies to discrete VP schedules (beta_schedule) only")
 
 
+def _declaration(self, **options) -> None:
+    """A declaration: nothing in its body."""
+
+
+def _instructions(function) -> list[tuple[str, Any]]:
+    return [(i.opname, i.argval) for i in dis.get_instructions(function)]
+
+
 def declared_options(init) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(defaults, types) of the keyword-only parameters of a family's own ``__init__`` (its typed declaration)."""
+    """(defaults, types) of the keyword-only parameters of a family's own ``__init__`` (its typed declaration).
+
+    The declaration's body is never run (the generated constructor replaces it), so anything but a docstring there
+    is refused, as are options that are not keyword-only with a default: setup belongs in ``normalize_config`` /
+    ``check_config``."""
+    owner = init.__qualname__
+    params = list(inspect.signature(init).parameters.values())[1:]
+    bad = [p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD and
+           (p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty)]
+    if bad:
+        raise TypeError(f"{owner} declares options as keyword-only parameters with defaults (after `*`); {bad} are "
+                        f"not")
+    if _instructions(init) != _instructions(_declaration):
+        raise TypeError(f"{owner} is a declaration of options: its body is never run (the constructor is generated "
+                        f"from its signature). Leave only a docstring; put setup in normalize_config / check_config.")
     hints = get_type_hints(init)
     params = [p for p in inspect.signature(init).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     return {p.name: p.default for p in params}, {p.name: hints.get(p.name, Any) for p in params}
@@ -157,6 +180,7 @@ def make_init(options: dict[str, Any], types: dict[str, Any], doc: str | None = 
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v,
                                  annotation=types.get(k, inspect.Parameter.empty)) for k, v in options.items()]
     __init__.__signature__ = inspect.Signature(params, return_annotation=None)
+    __init__.__annotations__ = {**{k: types[k] for k in options if k in types}, "return": None}
     __init__.__doc__ = doc
     __init__.generated = True  # subclasses without an ``__init__`` of their own inherit the options, not re-declare
     return register_to_config(__init__)

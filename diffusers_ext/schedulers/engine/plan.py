@@ -115,5 +115,7 @@ def build_plan(grid: Grid, begin: int, rule: Callable[[Grid, int, int], StepRule
             raise ValueError(f"The first step (t={grid.t[begin]:g}) has no finite noise prediction for a "
                              f"{output_type!r} model output (alpha={a[begin]:g}, sigma={s[begin]:g}), which the "
                              f"anchor needs. Use a grid that avoids it.")
+    for array in (table, slots) + ((anchor_coeffs,) if anchor_coeffs is not None else ()):
+        array.flags.writeable = False  # the plan is read by ``step`` on every call; nobody edits it
     return StepPlan(begin=begin, layout=layout, table=table, slots=slots, row_columns=row_columns,
                     anchor_coeffs=anchor_coeffs)

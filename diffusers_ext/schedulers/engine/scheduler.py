@@ -104,6 +104,9 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
 
     # ----------------------------------------------------------------------------------- family API
     target: ClassVar[str] = "data"  # what M(k) holds: "data" or "noise" predictions
+    supports_begin_index: ClassVar[bool] = True  # img2img starts inside the grid (``set_begin_index``)
+    compensates: bool = False  # DC-Solver's mixin: dynamic compensation is on
+    mixes: bool = False  # DualFast's mixin: the outputs are mixed with the anchor
 
     def table_layout(self) -> TableLayout:
         """What this scheduler's steps read and write (history ring, kept sample, noise, anchor); families
@@ -211,6 +214,9 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
     def _build_plan(self, begin: int) -> None:
         if not 0 <= begin < self._grid.num_steps:
             raise ValueError(f"begin index {begin} outside [0, {self._grid.num_steps - 1}]")
+        if begin != 0 and not self.supports_begin_index:
+            raise ValueError(f"{type(self).__name__} runs from its first step; set_begin_index / img2img starts "
+                             f"inside the grid are not supported")
         output_type = "sample" if self.config.thresholding else self.config.prediction_type
         self.prepare_plan(self._grid)
         self._plan = build_plan(self._grid, begin, self.step_rule, self.table_layout(), target=self.target,
@@ -236,8 +242,8 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
 
     @property
     def plan(self) -> StepPlan:
-        """The coefficient table of the current run (read-only): ``table`` (steps, rows, columns) in float64,
-        the history ``slots`` and the column layout (``plan.py``)."""
+        """The coefficient table of the current run (read-only arrays): ``table`` (steps, rows, columns) in float64,
+        the history ``slots`` and its ``layout`` (``layout.py``)."""
         if self._plan is None:
             raise ValueError(f"{type(self).__name__} has no plan before set_timesteps")
         return self._plan
@@ -343,7 +349,8 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
             self._anchor = lincomb(None, anchor_coeffs, [sample.contiguous(), first])
         tensors = layout.gather(x=sample.contiguous(), out=first, saved=self._saved, anchor=self._anchor,
                                 noise=None if variance_noise is None else variance_noise.to(device=sample.device))
-        outs = [None] + ([self._saved] if layout.saved else [])  # the kept sample is updated in place
+        # the rows before the ring's: a new x_next, and the kept sample updated in place
+        outs = [self._saved if name == "saved_next" else None for name in layout.outputs if not name.endswith("_entry")]
         results = lincomb(outs, coeffs, tensors, history=self._history,
                           write_slot=slot if self._history is not None else None, columns=self._plan.row_columns)
         prev_sample = results[0]
