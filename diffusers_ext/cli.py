@@ -198,12 +198,15 @@ def _search(args) -> int:
 
         if objective_name != "endpoint":
             raise SystemExit("the gmm model's objective is the endpoint error (--objective endpoint)")
-        noise = torch.randn(args.samples, 2, 4, 4, generator=torch.Generator().manual_seed(args.seed))
-        objective = EndpointObjective(model_fn(GaussianMixtureDenoiser()), noise)
+        model = model_fn(GaussianMixtureDenoiser())
+        noise, held_out = (torch.randn(args.samples, *GMM_SAMPLE_SHAPE, generator=torch.Generator().manual_seed(s))
+                           for s in (args.seed, args.seed + 1))
+        objective, validation = EndpointObjective(model, noise), EndpointObjective(model, held_out)
         config = None
     elif args.model == "digits":
         if objective_name == "fid":
             objective = DigitsFIDObjective(args.samples, args.guidance, args.seed, cache_dir=args.cache_dir)
+            validation = DigitsFIDObjective(args.samples, args.guidance, args.seed + 1, cache_dir=args.cache_dir)
             config = objective.config
         else:
             from .models.digits import load_pipeline
@@ -211,20 +214,26 @@ def _search(args) -> int:
 
             pipe = load_pipeline()
             adapter = pipeline_denoiser(pipe, args.samples, args.guidance)
-            noise = torch.randn(args.samples, *adapter.sample_shape, generator=torch.Generator().manual_seed(args.seed))
+            noise, held_out = (torch.randn(args.samples, *adapter.sample_shape,
+                                           generator=torch.Generator().manual_seed(s))
+                               for s in (args.seed, args.seed + 1))
             config = dict(pipe.scheduler.config)
             objective = EndpointObjective(adapter.model, noise, scheduler_config=config)
+            validation = EndpointObjective(adapter.model, held_out, scheduler_config=config)
     else:
         raise SystemExit(f"Unknown model {args.model!r}; valid choices: digits, gmm")
     noise_schedule = USFScheduler.from_config(config or {}).noise_schedule
     out = args.out or default_out(args.model, "usf_schedule", "json")
     result = s3_search(objective, noise_schedule, args.nfe, args.budget, predictor=not args.plain,
-                       archive=args.archive or default_out(args.model, "s3_archive"), seed=args.seed)
+                       archive=args.archive or default_out(args.model, "s3_archive"), seed=args.seed,
+                       validation=validation, finalists=args.finalists)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result.best, f, indent=1)
     print(json.dumps({"nfe": args.nfe, "objective": objective_name, "hand_designed_best": result.seed_best_value,
-                      "searched": result.best_value, "model_evaluations": result.evaluations,
+                      "searched": result.best_value, "held_out": result.validation_value,
+                      "hand_designed_best_held_out": result.seed_best_validation_value,
+                      "model_evaluations": result.evaluations,
                       "schedules_evaluated": len(result.archive), "schedule": out}))
     return 0
 
@@ -351,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--samples", type=int, default=300, help="samples (or calibration noises) per evaluation")
     search.add_argument("--guidance", type=float, default=1.0)
     search.add_argument("--plain", action="store_true", help="plain evolution (no ranking predictor)")
+    search.add_argument("--finalists", type=int, default=8, help="best schedules re-scored on held-out noise "
+                        "(seed + 1; with the best hand-designed one); the best there is the result")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--archive", default=None, help="evaluated schedules (JSONL; resumes; default "
                         "results/s3_archive_<model>.jsonl)")

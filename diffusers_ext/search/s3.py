@@ -170,11 +170,16 @@ class SearchResult:
     seed_best_value: float  # the best of the seed population (hand-designed solvers)
     evaluations: int  # model evaluations spent on objectives (samples x calls)
     archive: list[dict] = field(default_factory=list)
+    # with a validation objective: the finalists' held-out values; ``best`` is then the finalist that is best there
+    validation: list[dict] = field(default_factory=list)
+    validation_value: float | None = None
+    seed_best_validation_value: float | None = None
 
 
 def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, predictor: bool = True,
               archive=None, seed: int = 0, candidates_per_stage: int = 256, evaluated_per_stage: int = 8,
-              parents: int = 8, progress: bool = True) -> SearchResult:
+              parents: int = 8, progress: bool = True, validation: Objective | None = None,
+              finalists: int = 8) -> SearchResult:
     """Search a schedule of ``nfe`` steps within ``budget`` model evaluations (see the module docstring).
 
     Args:
@@ -183,6 +188,10 @@ def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, pr
         archive: JSONL path, locked while the search runs; evaluated schedules persist there and a rerun
             resumes from the rows of the same search: equal ``objective_identity``, noise schedule, NFE and
             search settings (``predictor``, ``seed``, stage sizes; not the budget, so a larger budget continues).
+        validation: an objective on held-out noise (or samples). The ``finalists`` best schedules of the search and
+            the best hand-designed one are scored on it and the best there is returned, so a schedule that only
+            fits the search's own noises is not chosen, and the result is never worse on held-out noise than the
+            best hand-designed solver. Its model evaluations are counted in ``evaluations`` too.
     """
     if nfe < 1 or budget < 1:
         raise ValueError(f"nfe and budget must be >= 1, got {nfe} and {budget}")
@@ -191,8 +200,28 @@ def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, pr
                        "evaluated_per_stage": evaluated_per_stage, "parents": parents})
     with exclusive(archive) if archive is not None else contextlib.nullcontext():
         rows = [r for r in read_rows(archive) if r.get("search") == search] if archive is not None else []
-        return _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, candidates_per_stage,
-                       evaluated_per_stage, parents, progress, rows, search)
+        result = _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, candidates_per_stage,
+                         evaluated_per_stage, parents, progress, rows, search)
+    return result if validation is None else _validate(result, validation, finalists)
+
+
+def _validate(result: SearchResult, validation: Objective, finalists: int) -> SearchResult:
+    """``result`` with ``best`` chosen among its finalists (and the best hand-designed schedule) on ``validation``."""
+    scored = sorted((r for r in result.archive if r["value"] is not None), key=lambda r: r["value"])
+    seeds = [r for r in scored if r["stage"] == 0]
+    chosen = scored[:finalists] + [r for r in seeds[:1] if r not in scored[:finalists]]
+    rows = []
+    for r in chosen:
+        value, cost = validation(r["schedule"])
+        result.evaluations += cost
+        rows.append({"schedule": r["schedule"], "value": r["value"], "validation_value": value,
+                     "hand_designed": r["stage"] == 0})
+    best = min(rows, key=lambda r: r["validation_value"])
+    result.best, result.best_value, result.validation_value = best["schedule"], best["value"], best["validation_value"]
+    result.validation = rows
+    hand = [r["validation_value"] for r in rows if r["hand_designed"]]
+    result.seed_best_validation_value = min(hand) if hand else None
+    return result
 
 
 def _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, candidates_per_stage,
