@@ -33,6 +33,7 @@ BLOCKS = readme_blocks((ROOT / "README.md").read_text())
 SWAP, DIGITS, SWEEPS = "Swap a scheduler in (one line)", "The embedded digits model", "Sweeps and FID"
 DC, USF = "DC-Solver and DualFast: more from 5-10 model calls", "USF solver schedules and the S^3 search"
 MASKED, QUANT = "Masked diffusion: the First-Hitting Sampler", "Low-bit FP quantization (FP8 / FP4)"
+TUNE = "Tune: the best scheduler for your model at your NFE"
 
 SKIPPED = {
     "diffusers-ext": "`make demo` / `make test` run the whole demo and suite (minutes); .ci/run runs `make test`",
@@ -46,6 +47,8 @@ SMALLER = {
     DC: [("calibrate_dc(pipe, 5, guidance_scale=5.0)",
           "calibrate_dc(pipe, 5, guidance_scale=5.0, num_samples=2, reference_steps=20, iterations=2)")],
     QUANT: [("batch_size=64", "batch_size=4"), ('rounding="learned")', 'rounding="learned", rounding_iterations=5)')],
+    TUNE: [("tune(pipe, nfe=5, guidance_scale=2.0)", "tune(pipe, nfe=5, guidance_scale=2.0, num_calibration=2, "
+            "num_validation=2, reference_steps=20, refine=False, progress=False)")],
 }
 
 
@@ -137,8 +140,14 @@ def _check_quant(ns, cwd):
     assert images.shape[0] == 2 and torch.isfinite(torch.as_tensor(images)).all()
 
 
+def _check_tune(ns, _):
+    result = ns["result"]
+    assert ns["pipe"].scheduler is result.scheduler and len(result.report) == 66  # the whole catalogue
+    assert result.baseline.name == "model's own (DDPMScheduler)" and result.chosen in result.table()
+
+
 CHECKS = {SWAP: _check_swap, DIGITS: _check_digits, SWEEPS: _check_sweeps, DC: _check_dc, USF: _check_usf,
-          MASKED: _check_masked, QUANT: _check_quant}
+          MASKED: _check_masked, QUANT: _check_quant, TUNE: _check_tune}
 
 
 @pytest.fixture(autouse=True)
@@ -165,7 +174,7 @@ def commands(code: str) -> list[list[str]]:
 
 def test_every_block_is_handled_and_every_table_entry_names_a_block():
     headings = [heading for heading, _, _ in BLOCKS]
-    assert len(headings) == len(set(headings)) == 9  # one block per section: update the tables with the README
+    assert len(headings) == len(set(headings)) == 10  # one block per section: update the tables with the README
     assert set(SKIPPED) | set(CHECKS) == set(headings)
     assert set(SMALLER) | set(STAND_INS) <= set(CHECKS)
     assert {language for _, language, _ in BLOCKS} == {"python", "bash"}
