@@ -1,4 +1,4 @@
-"""Tuned vs diffusers at its best, on exact Gaussian mixtures, per NFE (issue 14's GMM goal).
+"""Tuned (and the few-step preset) vs diffusers at its best, on exact Gaussian mixtures, per NFE (issue 14).
 
 For each model and NFE: ``diffusers_ext.tune`` chooses a scheduler on its own calibration / validation noises
 (seed 0); then every scheduler is scored on held-out noises (seeds 100.., never seen by tune) against the
@@ -30,7 +30,7 @@ from results_io import write_json  # noqa: E402
 from diffusers_ext.models.gmm import GaussianMixtureDenoiser  # noqa: E402
 from diffusers_ext.registry import make_scheduler, named_set  # noqa: E402
 from diffusers_ext.sampling import model_fn, sample  # noqa: E402
-from diffusers_ext.schedulers import DPMSolverPPScheduler  # noqa: E402
+from diffusers_ext.schedulers import DPMSolverPPScheduler, UniPCScheduler  # noqa: E402
 from diffusers_ext.tuning import tune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +64,7 @@ def score(model, scheduler, noise, exact, components, nfe, seeds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nfes", type=int, nargs="+", default=[4, 5, 6, 8, 10])
+    parser.add_argument("--nfes", type=int, nargs="+", default=[4, 5, 6, 8, 10, 15, 20])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", type=int, default=5, help="held-out seeds (100, 101, ...)")
     parser.add_argument("--per-seed", type=int, default=32)
@@ -89,12 +89,19 @@ def main():
                              **score(model, tuned.scheduler, noise, exact, components, nfe, seeds)}}
             row["ours default (dpm++2m)"] = score(model, make_scheduler("dpm++2m"), noise, exact, components, nfe,
                                                   seeds)
+            for family in (DPMSolverPPScheduler, UniPCScheduler):  # no tuning: the few-step preset
+                preset = family.from_config(config, preset="few-step")
+                row[f"preset few-step ({family.__name__})"] = score(model, preset, noise, exact, components, nfe,
+                                                                   seeds)
             for label, spec in baselines.items():
                 row[label] = score(model, make_scheduler(spec), noise, exact, components, nfe, seeds)
             best = min((k for k in row if k.startswith("diffusers")), key=lambda k: row[k]["median"])
             row["diffusers best"] = {"scheduler": best, **row[best]}
             row["ratio tuned / diffusers best"] = row["tuned"]["median"] / row[best]["median"]
             rows[str(nfe)] = row
+            presets = {k: v["median"] / row[best]["median"] for k, v in row.items() if k.startswith("preset")}
+            row["ratio preset / diffusers best"] = presets
+            print(f"{name} NFE {nfe}: presets / diffusers best {presets}")
             print(f"{name} NFE {nfe}: tuned {tuned.chosen} {row['tuned']['median']:.4g} (flips "
                   f"{row['tuned']['flips']}) vs {best} {row[best]['median']:.4g} (flips {row[best]['flips']}): "
                   f"x{row['ratio tuned / diffusers best']:.2f}  [{time.perf_counter() - start:.0f} s]", flush=True)

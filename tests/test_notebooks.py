@@ -21,6 +21,7 @@ TEST_SETTINGS = {
     "quantization.ipynb": "SAMPLES, ITERATIONS = 10, 5",
     "quickstart.ipynb": "",
     "schedule_search.ipynb": "",
+    "tune.ipynb": "SAMPLES, FID_SAMPLES, REFINE = 2, 20, False",
 }
 
 

@@ -78,6 +78,10 @@ class DPMSolverPPScheduler(DualFastMixing, DynamicCompensation, SolverScheduler)
 
     config_family = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
                      "DPMSolverMultistepInverseScheduler")
+    presets = {  # README "Presets": the evidence behind them
+        "few-step": {"solver_order": 2, "timestep_spacing": "quadratic", "algorithm_type": "dpmsolver++",
+                     "singlestep": False, "lower_order_final": True},
+    }
 
     def __init__(self, *, algorithm_type: Literal["dpmsolver++", "sde-dpmsolver++"] = "dpmsolver++",
                  solver_type: Literal["midpoint", "heun"] = "midpoint", singlestep: bool = False,

@@ -76,6 +76,10 @@ class UniPCScheduler(DualFastMixing, DynamicCompensation, SolverScheduler):
     """
 
     config_family = ("UniPCMultistepScheduler", "UniPCScheduler", "DCSolverScheduler")
+    presets = {  # README "Presets": the evidence behind them
+        "few-step": {"solver_order": 2, "solver_type": "bh2", "timestep_spacing": "quadratic", "predict_x0": True,
+                     "lower_order_final": True},
+    }
 
     def __init__(self, *, solver_type: Literal["bh1", "bh2"] = "bh2", predict_x0: bool = True,
                  use_corrector: bool = True, disable_corrector: list[int] = [],  # noqa: B006 (never mutated)

@@ -42,7 +42,7 @@ def infer_config_class(config: dict, solver_base: type) -> str | None:
 
     keys = {k for k in config if not k.startswith("_")}
     names = [e.name for e in KarrasDiffusionSchedulers] + list(OTHER_DIFFUSERS_SCHEDULERS)
-    classes = [getattr(diffusers, n, None) for n in names] + _all_subclasses(solver_base)
+    classes = [getattr(diffusers, n, None) for n in names] + all_subclasses(solver_base)
     for klass in classes:
         if klass is not None and set(inspect.signature(klass.__init__).parameters) - {"self"} == keys:
             return klass.__name__
@@ -64,8 +64,8 @@ def _init_defaults(klass: type | None) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "self"}
 
 
-def _all_subclasses(klass: type) -> list[type]:
-    return [k for sub in klass.__subclasses__() for k in (sub, *_all_subclasses(sub))]
+def all_subclasses(klass: type) -> list[type]:
+    return [k for sub in klass.__subclasses__() for k in (sub, *all_subclasses(sub))]
 
 
 def refuse_unsupported_schedule(config: dict, scheduler_name: str, source: str | None = None) -> None:

@@ -34,7 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ...kernels import lincomb, use_triton
 from ...pipeline_loading import PipelineLoadable
-from .config_loading import translate_config
+from .config_loading import all_subclasses, translate_config
 from .grids import Grid, build_grid, resolve_spacing
 from .layout import TableLayout
 from .noise_schedules import EDM, VPDiscrete
@@ -56,6 +56,11 @@ def warmup_order(order: int, i: int, n: int, num_steps: int, lower_order_final: 
     return max(1, min(order, n + 1))
 
 
+# a preset's grid replaces the config's whatever grid flag the config set
+GRID_FLAGS_OFF = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+                  "use_lu_lambdas": False}
+
+
 def _type_name(annotation) -> str:
     """``list[float] | None`` rather than ``typing.Optional[...]`` reprs, for the generated docstrings."""
     if annotation is None:
@@ -70,6 +75,8 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
     order = 1  # model calls per timestep entry (diffusers' meaning), not the solver order
 
+    # named solver + grid settings for users who cannot tune (``from_config(config, preset=...)``)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # options a class adds: a family declares them as keyword-only parameters of its own ``__init__`` (typed, with
     # defaults; the body is never run), a mixin as a TypedDict of ``Annotated[type, default]`` (``option_fields``)
     family_options: ClassVar[dict[str, Any]] = {}
@@ -147,9 +154,18 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod
-    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+    def from_config(cls, config=None, return_unused_kwargs=False, preset: str | None = None, **kwargs):
         """diffusers' from_config, reading any diffusers scheduler config as ``config_loading.translate_config``
-        describes (other families' solver options take our defaults; unsupported schedules are refused)."""
+        describes (other families' solver options take our defaults; unsupported schedules are refused).
+
+        ``preset``: a named setting of the solver and its grid for users who cannot tune (``presets``; README
+        "Presets"); the config keeps the model's schedule and prediction type, ``kwargs`` still win."""
+        if preset is not None:
+            if preset not in cls.presets:
+                with_presets = sorted(k.__name__ for k in all_subclasses(SolverScheduler) if k.presets)
+                raise ValueError(f"Unknown preset {preset!r} for {cls.__name__}; valid choices: {sorted(cls.presets)}"
+                                 f" (schedulers with presets: {', '.join(with_presets)})")
+            kwargs = {**GRID_FLAGS_OFF, **cls.presets[preset], **kwargs}
         if config is not None:
             config = translate_config(cls, config, SolverScheduler)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
@@ -226,7 +242,7 @@ class SolverScheduler(PipelineLoadable, SchedulerMixin, ConfigMixin):
         # on the pipeline's device already (set_timesteps(device=...)), so the first step copies nothing
         self._table = torch.from_numpy(self._plan.table.astype(np.float32)).to(self._device)
         self._write_slots = self._plan.write_slots
-        self._slots = torch.from_numpy(self._write_slots).to(self._device)
+        self._slots = torch.from_numpy(np.array(self._write_slots)).to(self._device)  # a writable copy for torch
         self._started = False
         self._history = None
         self._saved = None
