@@ -51,8 +51,9 @@ def tune_gmm_table(result: dict) -> str:
     lines = [f"Held-out: {len(s['held_out_seeds'])} seeds x {s['per_seed']} noises against the exact ODE endpoint; "
              f"tune used {s['calibration']} calibration + {s['calibration']} validation noises of seed 0.", "",
              "| model | NFE | tuned (chosen by `tune`) | median (seed range) | flips | diffusers best (on the test) | "
-             "median (seed range) | flips | ratio | ours default dpm++2m |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "median (seed range) | flips | ratio | preset few-step (DEIS / DPM++ / UniPC): ratio | "
+             "ours default dpm++2m |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r):
         return f"{r['median']:.3g} ({min(r['seed_medians']):.3g}-{max(r['seed_medians']):.3g})"
@@ -60,9 +61,47 @@ def tune_gmm_table(result: dict) -> str:
     for model, rows in result["models"].items():
         for nfe, row in rows.items():
             t, b = row["tuned"], row["diffusers best"]
+            presets = row.get("ratio preset / diffusers best", {})
+            preset = " / ".join(f"{presets[k]:.2f}x" for k in sorted(presets)) or "-"
             lines.append(f"| {model} | {nfe} | {t['scheduler']} | {cell(t)} | {t['flips']} | {b['scheduler']} | "
-                         f"{cell(b)} | {b['flips']} | **{row['ratio tuned / diffusers best']:.2f}x** | "
+                         f"{cell(b)} | {b['flips']} | **{row['ratio tuned / diffusers best']:.2f}x** | {preset} | "
                          f"{row['ours default (dpm++2m)']['median']:.3g} |")
+    return "\n".join(lines)
+
+
+def tune_digits_table(result: dict) -> str:
+    """Tuned vs diffusers at its best per NFE on digits: digits-cnn FID mean ± std over the held-out seeds, the
+    ratio, tune's cost, and the issue's goals."""
+    s, c, goals = result["settings"], result["converged"], result["goals"]
+    lines = [f"digits-cnn FID against the train split, {s['samples']} samples per cell, guidance {s['guidance']:g}, "
+             f"held-out seeds {', '.join(map(str, s['seeds']))} (mean ± std); tune used {s['calibration']} calibration "
+             f"+ {s['calibration']} validation noises of seed 0. Converged reference ({c['scheduler'].split(':')[-1]}, "
+             f"{c['steps']} steps): {c['mean']:.3g} ± {c['std']:.2g}. diffusers best: the lowest mean FID of "
+             f"{len(s['diffusers_options'])} options ({', '.join(s['diffusers_options'])}).", "",
+             "| NFE | tuned (chosen by `tune`) | FID | diffusers best (on the test) | FID | ratio | beyond the spread "
+             "| ours default dpm++2m | tune: model calls per noise, seconds |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def fid(r):
+        return f"{r['mean']:.3g} ± {r['std']:.2g}"
+
+    for nfe, row in result["nfes"].items():
+        b = row["diffusers best"]
+        if "tuned" not in row:
+            lines.append(f"| {nfe} | not tuned (time) | | {b['scheduler']} | {fid(b)} | | | "
+                         f"{fid(row['ours default (dpm++2m)'])} | |")
+            continue
+        t = row["tuned"]
+        refine = "" if t["refine"] else " (no DC stage)"
+        lines.append(f"| {nfe} | {t['scheduler']}{refine} | {fid(t)} | {b['scheduler']} | {fid(b)} | "
+                     f"**{row['ratio tuned / diffusers best']:.2f}x** | "
+                     f"{'yes' if row['tuned beats diffusers best beyond the seed spread'] else 'no'} | "
+                     f"{fid(row['ours default (dpm++2m)'])} | {t['tune_cost']['model_calls_per_noise']}, "
+                     f"{t['tune_cost']['seconds']:.0f} |")
+    def answer(v):
+        return ("yes" if v else "no") if isinstance(v, bool) else ", ".join(map(str, v)) or "none"
+
+    lines += ["", "Goals: " + "; ".join(f"({k.split(':')[0]}) {k.split(': ', 1)[1]}: {answer(v)}"
+                                         for k, v in goals.items()) + "."]
     return "\n".join(lines)
 
 
@@ -269,6 +308,8 @@ def main():
         text = replace(text, "gmm-accuracy", markdown_table(json.loads((results / "gmm_accuracy.json").read_text())))
     if (results / "tune_gmm.json").exists():
         text = replace(text, "tune-gmm", tune_gmm_table(json.loads((results / "tune_gmm.json").read_text())))
+    if (results / "tune_digits.json").exists():
+        text = replace(text, "tune-digits", tune_digits_table(json.loads((results / "tune_digits.json").read_text())))
     if (results / "sweep_digits.jsonl").exists():
         from diffusers_ext.eval.sweep import load_done, summarize, summary_table
 
