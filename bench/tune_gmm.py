@@ -30,7 +30,7 @@ from results_io import write_json  # noqa: E402
 from diffusers_ext.models.gmm import GaussianMixtureDenoiser  # noqa: E402
 from diffusers_ext.registry import make_scheduler, named_set  # noqa: E402
 from diffusers_ext.sampling import model_fn, sample  # noqa: E402
-from diffusers_ext.schedulers import DPMSolverPPScheduler, UniPCScheduler  # noqa: E402
+from diffusers_ext.schedulers import DEISScheduler, DPMSolverPPScheduler, UniPCScheduler  # noqa: E402
 from diffusers_ext.tuning import tune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,7 +89,7 @@ def main():
                              **score(model, tuned.scheduler, noise, exact, components, nfe, seeds)}}
             row["ours default (dpm++2m)"] = score(model, make_scheduler("dpm++2m"), noise, exact, components, nfe,
                                                   seeds)
-            for family in (DPMSolverPPScheduler, UniPCScheduler):  # no tuning: the few-step preset
+            for family in (DPMSolverPPScheduler, UniPCScheduler, DEISScheduler):  # no tuning: the few-step preset
                 preset = family.from_config(config, preset="few-step")
                 row[f"preset few-step ({family.__name__})"] = score(model, preset, noise, exact, components, nfe,
                                                                    seeds)

@@ -35,6 +35,14 @@ def test_few_step_preset_from_a_saved_karras_config(cls, tmp_path):
 def test_unknown_preset_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"Unknown preset 'fast' for UniPCScheduler; valid choices: \['few-step'\]"):
         UniPCScheduler.from_config(UniPCScheduler().config, preset="fast")
-    with pytest.raises(ValueError, match=r"valid choices: \[\] \(schedulers with presets: DCSolverScheduler, "
-                                         r"DPMSolverPPScheduler, UniPCScheduler"):
-        DEISScheduler.from_config(DEISScheduler().config, preset="few-step")
+    with pytest.raises(ValueError, match=r"valid choices: \['few-step'\] \(schedulers with presets: DCSolverScheduler, "
+                                         r"DEISScheduler, DPMSolverPPScheduler, UniPCScheduler"):
+        DEISScheduler.from_config(DEISScheduler().config, preset="fewstep")
+
+
+def test_deis_few_step_preset_is_ipndm3_on_the_quadratic_grid(tmp_path):
+    DPMSolverMultistepScheduler(use_lu_lambdas=True).save_pretrained(tmp_path)
+    sched = DEISScheduler.from_config(DEISScheduler.load_config(tmp_path), preset="few-step")
+    cfg = sched.config
+    assert (cfg.solver_type, cfg.solver_order, cfg.timestep_spacing, cfg.use_lu_lambdas) == ("ipndm", 3, "quadratic",
+                                                                                              False)
