@@ -114,10 +114,10 @@ def main():
     if args.stage != "all":
         return
     rows += untuned
+    converged = stats(rows, CONVERGED[0], CONVERGED[1])  # before the labels: its spec is one of diffusers' options
     label_of = {spec: label for label, spec in baselines.items()}
     for r in rows:
         r["scheduler"] = label_of.get(r["scheduler"], r["scheduler"])
-    converged = stats(rows, CONVERGED[0], CONVERGED[1])
     per_nfe = {}
     for nfe in args.nfes:
         row = {label: stats(rows, label, nfe) for label in baselines} | {
