@@ -11,6 +11,12 @@ NFE 5 within 1.25x of the converged FID, (c) tuned beats diffusers' best beyond 
 (mean + std < mean - std) at each NFE.
 
     python bench/tune_digits.py            # writes bench/results/tune_digits.json and tune_digits.png
+
+``--stage tuned`` / ``--stage baselines`` run the tuned or the untuned FID cells alone (separate JSONL files, so
+both can run at once); ``--tune-nfes``, ``--refine-nfes`` and ``--options`` shrink the run (the README's command
+names what the committed results used). Tune's records (``tune_digits.tuned.jsonl``) keep the chosen scheduler, so
+a rerun does not recompute the DC stage; the model calls of a run that resumed tune's candidates count only
+the calls made in that run, and never the DC calibration's.
 """
 
 from __future__ import annotations
