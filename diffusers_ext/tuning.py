@@ -104,6 +104,8 @@ class TuneResult:
     seconds: float
     refinement: Score | None = None  # stage 2: the winner with calibrated DC ratios (kept only if it wins)
     refinement_kept: bool = False
+    # batched model evaluations of the DC stage (not per sample: calibrate_dc's count, backward passes included)
+    refinement_model_calls: int = 0
 
     def table(self) -> str:
         """A markdown table: every candidate's calibration and held-out validation medians (per-sample RMS
@@ -131,6 +133,7 @@ class TuneResult:
         self.scheduler.save_pretrained(out_dir / "scheduler")
         (out_dir / "tune.md").write_text(f"# tune at NFE {self.nfe}: {self.chosen}\n\n{self.table()}\n\n"
                                          f"{self.model_calls} model evaluations (per sample), "
+                                         f"{self.refinement_model_calls} batched ones in the DC stage, "
                                          f"{self.seconds:.1f} s\n")
         plot_scores(self, out_dir / "tune.png")
 
@@ -283,10 +286,10 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
     if refine and _compensable(chosen) and nfe >= 4:
         if reference is None:
             reference = reference_solve(counted, scheduler_config, noise, reference_steps)
-        ratios = calibrated_ratios(model, chosen, nfe, sample_shape=shape if own is None else None,
-                                   guidance_scale=guidance_scale, prompts=prompts, draws=dc_draws,
-                                   shrinkage=dc_shrinkage, reference_steps=reference_steps, seed=seed,
-                                   progress=progress)
+        ratios, result.refinement_model_calls = calibrated_ratios(
+            model, chosen, nfe, sample_shape=shape if own is None else None, guidance_scale=guidance_scale,
+            prompts=prompts, draws=dc_draws, shrinkage=dc_shrinkage, reference_steps=reference_steps, seed=seed,
+            progress=progress)
         refined = type(chosen).from_config(chosen.config, dc_ratios=ratios)
         errors = per_sample_error(sample(counted, refined, noise, nfe), reference)
         result.refinement = Score(f"{best.name} + DC ratios", errors[:num_calibration], errors[num_calibration:],
@@ -307,13 +310,15 @@ def _compensable(scheduler) -> bool:
 
 def calibrated_ratios(model, scheduler, nfe: int, *, sample_shape=None, guidance_scale: float = 1.0, prompts=None,
                       draws: int = 2, num_samples: int = 8, shrinkage: float = 0.5, bounds=(0.5, 1.5),
-                      reference_steps: int = REFERENCE_STEPS, seed: int = 0, progress: bool = False) -> list[float]:
+                      reference_steps: int = REFERENCE_STEPS, seed: int = 0,
+                      progress: bool = False) -> tuple[list[float], int]:
     """DC ratios for ``scheduler`` at ``nfe``: the mean of ``draws`` calibrations on fresh noises, shrunk toward
     1 (``1 + shrinkage (mean - 1)``) and clipped to ``bounds``, so one unlucky draw cannot learn the negative or
-    near-zero ratios that make held-out samples worse."""
+    near-zero ratios that make held-out samples worse. Returns the ratios and the calibrations' batched model
+    evaluations (reference solves and backward passes included, as ``calibrate_dc`` counts them)."""
     from .search.calibrate_dc import calibrate_dc
 
-    runs = []
+    runs, calls = [], 0
     for k in range(draws):
         conditioning = None if prompts is None else [prompts[i % len(prompts)] for i in range(num_samples)]
         kwargs = {"sample_shape": sample_shape} if sample_shape is not None else \
@@ -322,8 +327,9 @@ def calibrated_ratios(model, scheduler, nfe: int, *, sample_shape=None, guidance
                            num_samples=num_samples, reference_steps=reference_steps, seed=seed + 1000 + k,
                            progress=progress, **kwargs)
         runs.append(cal.ratios)
+        calls += cal.model_calls
     mean = np.mean(np.asarray(runs, dtype=np.float64), axis=0)
-    return [float(r) for r in np.clip(1.0 + shrinkage * (mean - 1.0), *bounds)]
+    return [float(r) for r in np.clip(1.0 + shrinkage * (mean - 1.0), *bounds)], calls
 
 
 def _model_name(model) -> str:

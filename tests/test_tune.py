@@ -75,6 +75,7 @@ def test_refinement_is_kept_only_beyond_the_spread(gmm):
                   num_validation=8, candidates=catalogue(["unipc-bh2"], ["linspace"]), dc_draws=1, reference_steps=60,
                   progress=False)
     assert result.refinement is not None and len(result.refinement.options["dc_ratios"]) == 6
+    assert result.refinement_model_calls > 0  # the DC stage's batched evaluations are reported
     ratios = np.array(result.refinement.options["dc_ratios"])
     assert np.all((ratios >= 0.5) & (ratios <= 1.5))
     winner = result.report[0]
