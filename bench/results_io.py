@@ -54,3 +54,29 @@ def say_if_cached(paths, before: dict) -> None:
     ``before`` (``{path: line_count(path)}`` taken at the start of the run)."""
     if all(line_count(p) == before[p] for p in paths):
         print("all results cached (nothing recomputed): " + ", ".join(str(p) for p in paths))
+
+
+TUNE_LINES = (("tuned", "o-"), ("diffusers best", "s--"), ("ours default (dpm++2m)", "^:"))
+
+
+def plot_tune_lines(ax, rows: dict, center, band) -> list[int]:
+    """The tuned / diffusers-best / our-default lines of a tune benchmark against NFE on a log axis, with a band:
+    ``rows[str(nfe)][label]`` is a result, ``center(result)`` its value, ``band(result)`` its (low, high).
+    Returns the NFEs."""
+    nfes = [int(n) for n in rows]
+    for label, style in TUNE_LINES:
+        xs = [n for n in nfes if label in rows[str(n)]]
+        ax.plot(xs, [center(rows[str(n)][label]) for n in xs], style, label=label)
+        low, high = zip(*(band(rows[str(n)][label]) for n in xs))
+        ax.fill_between(xs, low, high, alpha=0.2)
+    ax.set_yscale("log")
+    return nfes
+
+
+def save_figure(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+

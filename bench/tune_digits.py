@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_json  # noqa: E402
+from results_io import plot_tune_lines, save_figure, write_json  # noqa: E402
 
 from diffusers_ext.eval.sweep import model_identity, run_sweep  # noqa: E402
 from diffusers_ext.models.digits import load_pipeline  # noqa: E402
@@ -174,27 +174,17 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["nfes"]
-    nfes = [int(n) for n in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, style in (("tuned", "o-"), ("diffusers best", "s--"), ("ours default (dpm++2m)", "^:")):
-        xs = [n for n in nfes if label in rows[str(n)]]
-        mean = np.array([rows[str(n)][label]["mean"] for n in xs])
-        std = np.array([rows[str(n)][label]["std"] for n in xs])
-        ax.plot(xs, mean, style, label=label)
-        ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+    nfes = plot_tune_lines(ax, results["nfes"], lambda r: r["mean"],
+                           lambda r: (r["mean"] - r["std"], r["mean"] + r["std"]))
     c = results["converged"]
     ax.axhline(c["mean"], color="k", lw=0.8, label=f"diffusers DPM++ 2M, {c['steps']} steps")
-    ax.set_yscale("log")
     ax.set_xticks(nfes, [str(n) for n in nfes])
     ax.set_xlabel("NFE (model calls)")
     ax.set_ylabel("digits-cnn FID (held-out seeds, mean ± std)")
     ax.set_title(f"digits, guidance {results['settings']['guidance']:g}: tune vs diffusers best")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
+    save_figure(fig, path)
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_json  # noqa: E402
+from results_io import plot_tune_lines, save_figure, write_json  # noqa: E402
 
 from diffusers_ext.models.gmm import GaussianMixtureDenoiser  # noqa: E402
 from diffusers_ext.registry import make_scheduler, named_set  # noqa: E402
@@ -119,22 +119,12 @@ def plot(results, path):
     models = results["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, (name, rows) in zip(axes[0], models.items()):
-        nfes = [int(n) for n in rows]
-        for label, style in (("tuned", "o-"), ("diffusers best", "s--"), ("ours default (dpm++2m)", "^:")):
-            med = [rows[str(n)][label]["median"] for n in nfes]
-            lo = [min(rows[str(n)][label]["seed_medians"]) for n in nfes]
-            hi = [max(rows[str(n)][label]["seed_medians"]) for n in nfes]
-            ax.plot(nfes, med, style, label=label)
-            ax.fill_between(nfes, lo, hi, alpha=0.2)
-        ax.set_yscale("log")
+        plot_tune_lines(ax, rows, lambda r: r["median"], lambda r: (min(r["seed_medians"]), max(r["seed_medians"])))
         ax.set_xlabel("NFE")
         ax.set_ylabel("median per-sample error vs exact endpoint (held-out)")
         ax.set_title(name)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
+    save_figure(fig, path)
 
 if __name__ == "__main__":
     main()
