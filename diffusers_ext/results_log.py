@@ -73,6 +73,17 @@ def scheduler_identity(scheduler) -> dict:
     return {"class": type(scheduler).__name__, "config": canonical(config)}
 
 
+def model_name(model) -> dict | str:
+    """A model's name for resume keys: a pipeline's class and ``_name_or_path`` (with a fingerprint of the
+    folder's files when it is a local folder), a callable's qualified name."""
+    if hasattr(model, "components"):
+        name = str(model.config.get("_name_or_path", ""))
+        local = bool(name) and Path(name).is_dir()
+        return {"pipeline": type(model).__name__, "name_or_path": str(Path(name).resolve()) if local else name,
+                "fingerprint": fingerprint(name) if local else None}
+    return f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', type(model).__qualname__)}"
+
+
 def fingerprint(path: str | os.PathLike, content: bool = False) -> str:
     """A fingerprint of a file or a folder (every file under it, by relative path) that changes when a file is
     added, removed or rewritten: the SHA-256 of each file up to ``SMALL_FILE_BYTES`` (of every file if

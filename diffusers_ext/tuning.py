@@ -32,12 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .registry import CATALOGUE_GRIDS, CATALOGUE_SOLVERS, from_config, parse_spec, scheduler_class
-from .results_log import append_row, canonical, exclusive, identity, read_rows, scheduler_identity
+from .results_log import append_row, canonical, exclusive, identity, model_name, read_rows, scheduler_identity
 from .sampling import REFERENCE_STEPS, reference_solve, sample
 from .schedulers.engine.options import COMMON_OPTIONS
+from .schedulers.engine.scheduler import GRID_FLAGS_OFF
 
-GRID_FLAGS = {"timestep_spacing": "linspace", "use_karras_sigmas": False, "use_exponential_sigmas": False,
-              "use_beta_sigmas": False, "use_lu_lambdas": False}  # each candidate sets every grid option
+GRID_FLAGS = {"timestep_spacing": "linspace", **GRID_FLAGS_OFF}  # each candidate sets every grid option
 
 
 @dataclass(frozen=True)
@@ -214,21 +214,19 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
         raise ValueError(f"num_calibration and num_validation must be >= 1, got {num_calibration}, {num_validation}")
     start = time.perf_counter()
     total = num_calibration + num_validation
-    if callable(model) and not hasattr(model, "components"):
-        if sample_shape is None:
-            raise ValueError("a callable model needs sample_shape (one sample's shape, no batch dimension)")
-        denoise, shape, device, dtype = model, tuple(sample_shape), torch.device("cpu"), torch.float32
-        own = None
-    else:
-        from .search.denoisers import pipeline_denoiser
+    from .search.calibrate_dc import calibration_problem
+    from .search.denoisers import as_denoiser
 
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        conditioning = None if prompts is None else [prompts[i % len(prompts)] for i in range(total)]
-        adapter = pipeline_denoiser(model, total, guidance_scale, conditioning)
-        denoise, shape, device, dtype = adapter.model, adapter.sample_shape, adapter.device, adapter.dtype
-        own = model.scheduler
-        scheduler_config = scheduler_config if scheduler_config is not None else model.scheduler.config
+    pipeline = hasattr(model, "components")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    conditioning = None if prompts is None else [prompts[i % len(prompts)] for i in range(total)]
+    adapter = as_denoiser(model, total, sample_shape=sample_shape, guidance_scale=guidance_scale,
+                          conditioning=conditioning)
+    denoise, shape, device, dtype = adapter.model, adapter.sample_shape, adapter.device, adapter.dtype
+    own = model.scheduler if pipeline else None
+    if pipeline and scheduler_config is None:
+        scheduler_config = model.scheduler.config
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn((total, *shape), generator=generator).to(device, dtype)
     calls = 0
@@ -238,7 +236,7 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
         calls += len(x)
         return denoise(x, t)
 
-    settings = canonical({"model": model_key if model_key is not None else _model_name(model), "nfe": nfe,
+    settings = canonical({"model": model_key if model_key is not None else model_name(model), "nfe": nfe,
                           "shape": list(shape), "seed": seed, "num_calibration": num_calibration,
                           "num_validation": num_validation, "guidance_scale": float(guidance_scale),
                           "prompts": list(prompts) if prompts is not None else None,
@@ -283,7 +281,7 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
     chosen = next(c for c in candidates if c.name == best.name).build(scheduler_config)
     result = TuneResult(scheduler=chosen, chosen=best.name, nfe=nfe, report=ranked, baseline=baseline,
                         model_calls=calls, seconds=0.0)
-    if refine and _compensable(chosen) and nfe >= 4:
+    if refine and calibration_problem(chosen) is None and nfe >= 4:
         if reference is None:
             reference = reference_solve(counted, scheduler_config, noise, reference_steps)
         ratios, result.refinement_model_calls = calibrated_ratios(
@@ -298,14 +296,6 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
             result.scheduler, result.chosen, result.refinement_kept = refined, result.refinement.name, True
     result.model_calls, result.seconds = calls, time.perf_counter() - start
     return result
-
-
-def _compensable(scheduler) -> bool:
-    from .schedulers.dc_solver import DynamicCompensation
-
-    layout = scheduler.table_layout()
-    return isinstance(scheduler, DynamicCompensation) and not layout.anchor and not layout.noise and \
-        not getattr(scheduler.config, "singlestep", False) and not scheduler.config.thresholding
 
 
 def calibrated_ratios(model, scheduler, nfe: int, *, sample_shape=None, guidance_scale: float = 1.0, prompts=None,
@@ -330,10 +320,3 @@ def calibrated_ratios(model, scheduler, nfe: int, *, sample_shape=None, guidance
         calls += cal.model_calls
     mean = np.mean(np.asarray(runs, dtype=np.float64), axis=0)
     return [float(r) for r in np.clip(1.0 + shrinkage * (mean - 1.0), *bounds)], calls
-
-
-def _model_name(model) -> str:
-    path = getattr(getattr(model, "config", None), "_name_or_path", None) if hasattr(model, "components") else None
-    return f"{type(model).__name__}:{path}" if hasattr(model, "components") else \
-        f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', type(model).__name__)}"
-

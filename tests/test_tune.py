@@ -100,7 +100,8 @@ def test_flow_matching_config(tmp_path):
     result = tune(model_fn(model), 5, scheduler_config=config, sample_shape=SHAPE, num_calibration=4,
                   num_validation=4, candidates=small_catalogue(), refine=False, progress=False)
     assert result.scheduler.config.use_flow_sigmas and result.scheduler.config.flow_shift == 3.0
-    assert np.isfinite(result.report[0].validation_median) and result.report[0].validation_median < 0.5
+    # measured: 0.07 for the best (quadratic grid), 0.12 on linspace, 0.77 on karras
+    assert result.report[0].validation_median < 0.1
 
 
 def test_digits_pipeline_with_guidance():

@@ -23,18 +23,17 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..results_log import append_row, canonical, exclusive, fingerprint, identity, read_rows, scheduler_identity
+from ..results_log import append_row, canonical, exclusive, identity, model_name, read_rows, scheduler_identity
 from ..sampling import reference_scheduler, sample
 from ..schedulers import DCSolverScheduler
 from ..schedulers.dc_solver.compensation import DynamicCompensation
 from ..schedulers.dc_solver.cpr import FIRST_COMPENSATED_STEP, CascadePolynomialRegression
-from .denoisers import Denoiser, pipeline_denoiser
+from .denoisers import Denoiser, as_denoiser
 
 
 @dataclass
@@ -66,21 +65,30 @@ def _combine(row: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def calibration_problem(scheduler) -> str | None:
+    """Why ``calibrate_dc`` cannot calibrate ``scheduler``, or None when it can (a deterministic multistep solver
+    with dynamic compensation, without DualFast or thresholding)."""
+    if not isinstance(scheduler, DynamicCompensation):
+        return (f"calibrate_dc needs a scheduler with dynamic compensation (DCSolverScheduler, UniPCScheduler or "
+                f"DPMSolverPPScheduler), got {type(scheduler).__name__}")
+    cfg, layout = scheduler.config, scheduler.table_layout()
+    if layout.anchor:
+        return ("calibrate_dc calibrates the solver without DualFast: set dualfast_strength=0 (DualFast can be "
+                "switched on afterwards)")
+    if cfg.thresholding or layout.noise or layout.samples or getattr(cfg, "singlestep", False):
+        return "calibrate_dc supports deterministic multistep solvers without thresholding"
+    return None
+
+
 def _scheduler_for(model, scheduler):
     if scheduler is None:
         config = getattr(getattr(model, "scheduler", None), "config", None)
         # the pipeline's schedule and prediction type; none of its scheduler's DC or DualFast settings
         scheduler = DCSolverScheduler.from_config(config, dc_ratios=None, dc_cpr=None, dualfast_strength=0.0) \
             if config is not None else DCSolverScheduler()
-    if not isinstance(scheduler, DynamicCompensation):
-        raise ValueError(f"calibrate_dc needs a scheduler with dynamic compensation (DCSolverScheduler, "
-                         f"UniPCScheduler or DPMSolverPPScheduler), got {type(scheduler).__name__}")
-    cfg, layout = scheduler.config, scheduler.table_layout()
-    if layout.anchor:
-        raise ValueError("calibrate_dc calibrates the solver without DualFast: set dualfast_strength=0 (DualFast can "
-                         "be switched on afterwards)")
-    if cfg.thresholding or layout.noise or layout.samples or getattr(cfg, "singlestep", False):
-        raise ValueError("calibrate_dc supports deterministic multistep solvers without thresholding")
+    problem = calibration_problem(scheduler)
+    if problem is not None:
+        raise ValueError(problem)
     return scheduler
 
 
@@ -154,13 +162,9 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
         raise ValueError(f"num_inference_steps, num_samples and iterations must be >= 1, got {n}, {num_samples}, "
                          f"{iterations}")
     scheduler = _scheduler_for(model, scheduler)
-    if callable(model) and not hasattr(model, "components"):
-        if sample_shape is None:
-            raise ValueError("a callable model needs sample_shape (one sample's shape, no batch dimension)")
-        denoise, shape, device, dtype = model, tuple(sample_shape), torch.device("cpu"), torch.float32
-    else:
-        adapter = pipeline_denoiser(model, num_samples, guidance_scale, conditioning)
-        denoise, shape, device, dtype = adapter.model, adapter.sample_shape, adapter.device, adapter.dtype
+    adapter = as_denoiser(model, num_samples, sample_shape=sample_shape, guidance_scale=guidance_scale,
+                          conditioning=conditioning)
+    denoise, shape, device, dtype = adapter.model, adapter.sample_shape, adapter.device, adapter.dtype
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn((num_samples, *shape), generator=generator).to(device, dtype)
 
@@ -256,17 +260,6 @@ def calibrate_dc(model, num_inference_steps: int, *, scheduler=None, num_samples
                          loss_at_one=loss_one, loss_calibrated=loss_cal, model_calls=calls)
 
 
-def _model_name(model) -> dict | str:
-    """A model's name for the resume key: a pipeline's class and ``_name_or_path`` (with a fingerprint of the
-    folder's files when it is a local folder), a callable's qualified name."""
-    if hasattr(model, "components"):
-        name = str(model.config.get("_name_or_path", ""))
-        local = bool(name) and Path(name).is_dir()
-        return {"pipeline": type(model).__name__, "name_or_path": str(Path(name).resolve()) if local else name,
-                "fingerprint": fingerprint(name) if local else None}
-    return f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', type(model).__qualname__)}"
-
-
 def calibration_settings(model, model_key=None, **kwargs) -> dict:
     """Everything besides (NFE, guidance) that changes a calibration: the model, the scheduler's class and full
     config, and every other ``calibrate_dc`` argument (defaults included)."""
@@ -278,7 +271,7 @@ def calibration_settings(model, model_key=None, **kwargs) -> dict:
     settings = {name: kwargs.get(name, p.default) for name, p in params.items()
                 if p.default is not inspect.Parameter.empty and name not in ("scheduler", "guidance_scale", "progress")}
     settings["scheduler"] = scheduler_identity(_scheduler_for(model, kwargs.get("scheduler")))
-    settings["model"] = model_key if model_key is not None else _model_name(model)
+    settings["model"] = model_key if model_key is not None else model_name(model)
     return canonical(settings)
 
 

@@ -33,6 +33,17 @@ def _timestep_batch(t, x: torch.Tensor) -> torch.Tensor:
     return t.to(x.device).expand(x.shape[0]) if t.dim() == 0 else t
 
 
+def as_denoiser(model, num_samples: int, *, sample_shape: Sequence[int] | None = None, guidance_scale: float = 1.0,
+                conditioning: Sequence | None = None) -> PipelineDenoiser:
+    """``model`` as a denoiser: a pipeline through ``pipeline_denoiser``, or a callable (x, t) -> output with its
+    ``sample_shape`` (one sample's shape, no batch dimension; run on the CPU in float32)."""
+    if callable(model) and not hasattr(model, "components"):
+        if sample_shape is None:
+            raise ValueError("a callable model needs sample_shape (one sample's shape, no batch dimension)")
+        return PipelineDenoiser(model, tuple(sample_shape), torch.device("cpu"), torch.float32)
+    return pipeline_denoiser(model, num_samples, guidance_scale, conditioning)
+
+
 def pipeline_denoiser(pipe, num_samples: int, guidance_scale: float = 1.0,
                       conditioning: Sequence | None = None) -> PipelineDenoiser:
     """The guided denoiser of ``pipe`` for ``num_samples`` samples with the given labels or prompts."""
