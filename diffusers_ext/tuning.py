@@ -106,21 +106,24 @@ class TuneResult:
     refinement_kept: bool = False
     # batched model evaluations of the DC stage (not per sample: calibrate_dc's count, backward passes included)
     refinement_model_calls: int = 0
+    search: Score | None = None  # stage 2b: the S^3 schedule seeded with the winner (kept only if it wins)
+    search_kept: bool = False
 
     def table(self) -> str:
         """A markdown table: every candidate's calibration and held-out validation medians (per-sample RMS
         endpoint error against the reference), the 90th percentile, and the chosen one."""
         rows = ["| scheduler | calibration median | validation median | validation p90 | |", "|---|---|---|---|---|"]
-        entries = ([self.baseline] if self.baseline is not None else []) + \
-            ([self.refinement] if self.refinement is not None else []) + self.report
-        for s in entries:
+        for s in self.entries():
             mark = "chosen" if s.name == self.chosen else ("model's own" if s is self.baseline else (s.error or ""))
-            if s is self.refinement and not self.refinement_kept:
+            if (s is self.refinement and not self.refinement_kept) or (s is self.search and not self.search_kept):
                 mark = "refinement, not kept: no held-out gain beyond the spread"
             rows.append(f"| {s.name} | {s.calibration_median:.4g} | {s.validation_median:.4g} | "
                         f"{s.validation_p90:.4g} | {mark} |")
         return "\n".join(rows)
 
+    def entries(self) -> list[Score]:
+        """The model's own scheduler, the refinements, then every candidate (best calibration median first)."""
+        return [s for s in (self.baseline, self.refinement, self.search) if s is not None] + self.report
 
     def save(self, out_dir) -> None:
         """``out_dir/scheduler`` (the chosen scheduler's config folder: ``from_pretrained`` it, or load it into a
@@ -147,8 +150,8 @@ def plot_scores(result: TuneResult, path, top: int = 20) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    entries = ([result.baseline] if result.baseline is not None else []) + \
-        ([result.refinement] if result.refinement is not None else []) + \
+    refined = [s for s in (result.refinement, result.search) if s is not None]
+    entries = ([result.baseline] if result.baseline is not None else []) + refined + \
         [s for s in result.report if math.isfinite(s.validation_median)][:top]
     fig, ax = plt.subplots(figsize=(9, 0.3 * len(entries) + 1.5))
     colors = ["tab:red" if s is result.baseline else "tab:green" if s.name == result.chosen else "tab:blue"
@@ -187,7 +190,7 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
          guidance_scale: float = 1.0, prompts: Sequence | None = None, num_calibration: int = 16,
          num_validation: int = 16, seed: int = 0, candidates: Sequence[Candidate] | None = None,
          reference_steps: int = REFERENCE_STEPS, refine: bool = True, dc_draws: int = 2, dc_shrinkage: float = 0.5,
-         out=None, model_key=None, progress: bool = True) -> TuneResult:
+         search_schedules: int = 0, out=None, model_key=None, progress: bool = True) -> TuneResult:
     """Choose the catalogue's best scheduler for ``model`` at ``nfe`` model calls (see the module docstring).
 
     Args:
@@ -204,6 +207,10 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
             averaged, shrunk toward 1 by ``dc_shrinkage`` and clipped to [0.5, 1.5]. Stage 3 keeps the refinement
             only if it beats the winner on the held-out noises beyond the spread (``beats_beyond_spread``), so the
             result is never worse than the best catalogue entry there.
+        search_schedules: stage 2b, the S^3 search (``search.s3_search``, arXiv 2312.07243) over USF schedules,
+            seeded with the winner as a schedule on its own grid, within the model calls of this many schedules
+            on the calibration noises (0: off). Its result replaces the winner only if it beats it on the held-out
+            noises beyond the spread, as for stage 2.
         out: a JSONL file to resume from and append to (locked while tuning).
         model_key: names the model in the resume key (default: the pipeline's class and path, or the callable's
             qualified name); pass it when one name can stand for different weights.
@@ -294,8 +301,41 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
                                   {"dc_ratios": ratios})
         if beats_beyond_spread(result.refinement.validation, best.validation, seed=seed):
             result.scheduler, result.chosen, result.refinement_kept = refined, result.refinement.name, True
+    if search_schedules > 0:
+        if reference is None:
+            reference = reference_solve(counted, scheduler_config, noise, reference_steps)
+        incumbent = result.refinement if result.refinement_kept else best
+        searched = searched_schedule(counted, scheduler_config, result.scheduler, best.name, noise[:num_calibration],
+                                     reference[:num_calibration], nfe, search_schedules, seed, progress)
+        errors = per_sample_error(sample(counted, searched, noise, nfe), reference)
+        result.search = Score(f"S^3 schedule from {incumbent.name}", errors[:num_calibration],
+                              errors[num_calibration:], {"solver_schedule": searched.config.solver_schedule})
+        if beats_beyond_spread(result.search.validation, incumbent.validation, seed=seed):
+            result.scheduler, result.chosen, result.search_kept = searched, result.search.name, True
     result.model_calls, result.seconds = calls, time.perf_counter() - start
     return result
+
+
+def searched_schedule(model, scheduler_config, winner, winner_name: str, noise, reference, nfe: int,
+                      schedules: int, seed: int = 0, progress: bool = False):
+    """The S^3 search's best USF schedule (a ``USFScheduler`` on ``scheduler_config``) for ``model`` at ``nfe``,
+    scored by the median per-sample endpoint error against ``reference`` on ``noise``, within the model calls of
+    ``schedules`` schedules. Its seed population holds the winner's solver on the winner's grid (DPM-Solver++ 2M
+    and UniPC bh2 there when the winner's solver is no hand-designed USF schedule) besides the search's own."""
+    from .schedulers import USFScheduler, hand_designed_schedule
+    from .search.objectives import MedianEndpointObjective
+    from .search.s3 import SEED_SOLVERS, s3_search
+
+    grid = type(winner).from_config(winner.config)
+    grid.set_timesteps(nfe)
+    solver = winner_name.split()[0]
+    solvers = [solver] if solver in SEED_SOLVERS else ["dpm++2m", "unipc-bh2"]
+    initial = [hand_designed_schedule(s, [float(t) for t in grid.grid.t]) for s in solvers]
+    objective = MedianEndpointObjective(model, noise, scheduler_config, reference=reference)
+    usf = USFScheduler.from_config(scheduler_config)
+    found = s3_search(objective, usf.noise_schedule, nfe, schedules * len(noise) * nfe, seed=seed,
+                      progress=progress, initial_schedules=initial)
+    return USFScheduler.from_config(scheduler_config, solver_schedule=found.best)
 
 
 def calibrated_ratios(model, scheduler, nfe: int, *, sample_shape=None, guidance_scale: float = 1.0, prompts=None,

@@ -78,3 +78,42 @@ def test_cli_search_writes_a_runnable_schedule(tmp_path, capsys, gmm):
     assert torch.isfinite(x).all()
     assert main(argv) == 0  # resumed: the archive already holds the budget
     assert len((tmp_path / "archive.jsonl").read_text().splitlines()) == 60
+
+
+def test_initial_schedules_join_the_seed_population(objective, tmp_path):
+    from diffusers_ext.schedulers import hand_designed_schedule
+
+    # DPM-Solver++ 2M on a grid the seed population does not have (time-uniform between t=999 and 400, then clean)
+    times = [999.0, 849.0, 699.0, 549.0, 400.0, -1.0]
+    start = hand_designed_schedule("dpm++2m", times)
+    result = s3_search(objective, NOISE_SCHEDULE, 5, budget=16 * 5 * 17, archive=tmp_path / "a.jsonl",
+                       progress=False, initial_schedules=[start])
+    stage0 = [r for r in result.archive if r["stage"] == 0]
+    assert len(stage0) == 17 and stage0[0]["schedule"]["timesteps"] == times  # 16 seeds + the given one, first
+    assert stage0[0]["value"] == pytest.approx(objective(start)[0], rel=1e-9)
+    # an archive of the same search without initial schedules is a different search (its rows are not reused)
+    plain = s3_search(objective, NOISE_SCHEDULE, 5, budget=16 * 5 * 16, archive=tmp_path / "a.jsonl", progress=False)
+    assert plain.evaluations == 16 * 5 * 16 and len(plain.archive) == 16
+    with pytest.raises(ValueError, match="nfe=4 model calls, one has 5"):
+        s3_search(objective, NOISE_SCHEDULE, 4, budget=100, initial_schedules=[start])
+    with pytest.raises(ValueError, match="invalid schedule"):
+        s3_search(objective, NOISE_SCHEDULE, 5, budget=100, initial_schedules=[{"version": 1, "steps": []}])
+
+
+def test_median_endpoint_objective(gmm_eps, seeded_noise):
+    """tune's score: the median of the per-sample RMS errors, computed here with numpy from the same endpoints."""
+    import numpy as np
+
+    from diffusers_ext.sampling import sample
+    from diffusers_ext.schedulers import hand_designed_schedule
+    from diffusers_ext.search import MedianEndpointObjective
+
+    noise = seeded_noise((9, 2, 4, 4))
+    mean_objective = EndpointObjective(gmm_eps, noise, reference_steps=40)
+    median = MedianEndpointObjective(gmm_eps, noise, reference=mean_objective.reference.float())
+    schedule = hand_designed_schedule("unipc-bh2", [999.0, 750.0, 500.0, 250.0, -1.0])
+    x = sample(gmm_eps, USFScheduler.from_config({}, solver_schedule=schedule), noise, 4).double()
+    per_sample = (x - mean_objective.reference).flatten(1).pow(2).mean(1).sqrt().numpy()
+    value, calls = median(schedule)
+    assert value == pytest.approx(float(np.median(per_sample)), rel=1e-6) and calls == 9 * 4
+    assert mean_objective(schedule)[0] == pytest.approx(float(np.mean(per_sample ** 2)), rel=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..sampling import reference_solve, sample
@@ -13,19 +14,34 @@ from ..schedulers import USFScheduler
 class EndpointObjective:
     """Mean squared error of a schedule's endpoint against a 200-step reference (``sampling.reference_solve``:
     DPM-Solver++ 3M with third-order Taylor, uniform in log-SNR, on the config's schedule) on calibration
-    noises; ``model(x, t) -> output``."""
+    noises; ``model(x, t) -> output``. ``reference``: that reference when the caller has it already."""
 
-    def __init__(self, model, noise: torch.Tensor, scheduler_config=None, reference_steps: int = 200):
+    def __init__(self, model, noise: torch.Tensor, scheduler_config=None, reference_steps: int = 200,
+                 reference: torch.Tensor | None = None):
         self.model, self.noise = model, noise
         self.config = scheduler_config
-        self.reference = reference_solve(model, scheduler_config, noise, reference_steps).double()
+        if reference is None:
+            reference = reference_solve(model, scheduler_config, noise, reference_steps)
+        self.reference = reference.double()
         self.reference_evaluations = reference_steps * len(noise)
 
     def __call__(self, schedule: dict) -> tuple[float, int]:
         sched = USFScheduler.from_config(self.config or {}, solver_schedule=schedule)
         x = sample(self.model, sched, self.noise, sched.schedule.nfe)
-        err = float((x.double() - self.reference).pow(2).mean())
-        return (err if math.isfinite(err) else math.inf), len(sched.timesteps) * len(self.noise)
+        value = self.value(x.double() - self.reference)
+        return (value if math.isfinite(value) else math.inf), len(sched.timesteps) * len(self.noise)
+
+    def value(self, error: torch.Tensor) -> float:
+        return float(error.pow(2).mean())
+
+
+class MedianEndpointObjective(EndpointObjective):
+    """The median over samples of each sample's RMS endpoint error: ``tune``'s score, robust to the few samples
+    that land in another mode at low NFE ("flips"), which dominate a mean."""
+
+    def value(self, error: torch.Tensor) -> float:
+        per_sample = error.flatten(1).pow(2).mean(1).sqrt().cpu().numpy()
+        return float(np.median(np.where(np.isfinite(per_sample), per_sample, np.inf)))
 
 
 class DigitsFIDObjective:

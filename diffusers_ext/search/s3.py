@@ -21,7 +21,7 @@ import contextlib
 import copy
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,7 +179,7 @@ class SearchResult:
 def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, predictor: bool = True,
               archive=None, seed: int = 0, candidates_per_stage: int = 256, evaluated_per_stage: int = 8,
               parents: int = 8, progress: bool = True, validation: Objective | None = None,
-              finalists: int = 8) -> SearchResult:
+              finalists: int = 8, initial_schedules: Sequence[dict] = ()) -> SearchResult:
     """Search a schedule of ``nfe`` steps within ``budget`` model evaluations (see the module docstring).
 
     Args:
@@ -192,16 +192,27 @@ def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, pr
             the best hand-designed one are scored on it and the best there is returned, so a schedule that only
             fits the search's own noises is not chosen, and the result is never worse on held-out noise than the
             best hand-designed solver. Its model evaluations are counted in ``evaluations`` too.
+        initial_schedules: more schedules for the seed population (stage 0), e.g. the best solver ``tune`` found on
+            its own grid, so the search starts from it and its neighbours.
     """
     if nfe < 1 or budget < 1:
         raise ValueError(f"nfe and budget must be >= 1, got {nfe} and {budget}")
+    for schedule in initial_schedules:
+        try:
+            steps = SolverSchedule.from_dict(schedule).nfe
+        except ScheduleError as e:
+            raise ValueError(f"initial_schedules holds an invalid schedule: {e}") from e
+        if steps != nfe:
+            raise ValueError(f"initial_schedules must have nfe={nfe} model calls, one has {steps}")
     search = identity({"objective": objective_identity(objective), "noise_schedule": noise_schedule, "nfe": nfe,
                        "predictor": predictor, "seed": seed, "candidates_per_stage": candidates_per_stage,
-                       "evaluated_per_stage": evaluated_per_stage, "parents": parents})
+                       "evaluated_per_stage": evaluated_per_stage, "parents": parents,
+                       # only when given, so the archives of searches without them keep their keys
+                       **({"initial_schedules": [_key(s) for s in initial_schedules]} if initial_schedules else {})})
     with exclusive(archive) if archive is not None else contextlib.nullcontext():
         rows = [r for r in read_rows(archive) if r.get("search") == search] if archive is not None else []
         result = _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, candidates_per_stage,
-                         evaluated_per_stage, parents, progress, rows, search)
+                         evaluated_per_stage, parents, progress, rows, search, list(initial_schedules))
     return result if validation is None else _validate(result, validation, finalists)
 
 
@@ -225,7 +236,7 @@ def _validate(result: SearchResult, validation: Objective, finalists: int) -> Se
 
 
 def _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, candidates_per_stage,
-            evaluated_per_stage, parents, progress, rows, search) -> SearchResult:
+            evaluated_per_stage, parents, progress, rows, search, initial_schedules) -> SearchResult:
     done = {_key(r["schedule"]): r for r in rows}
     spent = sum(r["evaluations"] for r in rows)
     bar = tqdm(total=budget, initial=min(spent, budget), desc=f"S^3 search (NFE {nfe})", disable=not progress,
@@ -247,7 +258,7 @@ def _search(objective, noise_schedule, nfe, budget, predictor, archive, seed, ca
         bar.update(cost)
         return row
 
-    for schedule in seed_population(noise_schedule, nfe):
+    for schedule in initial_schedules + seed_population(noise_schedule, nfe):
         evaluate(schedule, 0)
     seed_values = [r["value"] for r in done.values() if r["stage"] == 0 and r["value"] is not None]
     ranker = None
