@@ -151,3 +151,72 @@ def test_fp8_scaled_mm_path_matches_the_emulated_layer():
     emulated, real = q(x), q._fp8_linear(x)
     assert real.shape == emulated.shape == (5, 3, 48)
     assert ((real - emulated).norm() / emulated.norm()).item() < 4e-3
+
+
+@pytest.mark.parametrize("weights, bytes_per_weight", [("fp4_e2m1", 0.5), ("int4", 0.5), ("fp8_e4m3", 1),
+                                                       ("fp6_e3m2", 1)])
+def test_quantized_weights_stay_packed_in_memory_and_nothing_float_is_cached(weights, bytes_per_weight):
+    """Resident weight bytes at run time: the packed codes (FP4 two per byte), the per-channel scales and the
+    biases, before and after forwards (the float weight is decoded per forward, never kept)."""
+    from diffusers_ext.quant import resident_weight_bytes
+
+    model = small_cnn(32)
+    float_bytes = resident_weight_bytes(model)
+    x = _inputs(4, 0)
+    reference = model(x)
+    quantize(model, weights=weights, activations=None, progress=False)
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLayer)]
+    count = sum(m.weight_packed.numel() for m in layers)
+    weights_n = sum(m.weight_codes.numel() for m in layers)
+    assert all(m.weight_packed.dtype == torch.uint8 for m in layers) and count == weights_n * bytes_per_weight
+    expected = count + sum(4 * (m.weight_scale.numel() + m.bias.numel()) for m in layers)
+    assert resident_weight_bytes(model) == expected
+    out = model(x)
+    model(x)
+    assert resident_weight_bytes(model) == expected  # nothing cached by the forwards
+    assert ((out - reference).norm() / reference.norm()).item() < (0.3 if bytes_per_weight < 1 else 0.05)
+    if bytes_per_weight == 0.5:
+        assert resident_weight_bytes(model) <= 0.2 * float_bytes, (resident_weight_bytes(model), float_bytes)
+
+
+def test_packed_layer_decodes_to_the_round_to_nearest_weight_for_every_format():
+    """The packed bytes decode to exactly fmt.round(W / s) * s (odd weight counts included: the last byte's low
+    nibble is padding)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(7, 3)  # 21 weights: odd
+    for name in ("fp4_e2m1", "fp4_e3m0", "fp4_e1m2", "int4", "fp6_e2m3", "fp8_e4m3", "fp8_e5m2", "int8"):
+        fmt = get_format(name)
+        scale = weight_scales(layer.weight, fmt)
+        q = QuantizedLayer(layer, name, scale)
+        expected = fmt.round(layer.weight.detach() / scale[:, None]) * scale[:, None]
+        assert torch.equal(q.dequantized_weight, expected), name
+        assert q.weight_packed.numel() == (11 if fmt.bits == 4 else 21), name
+
+
+def test_resident_weight_bytes_counts_whole_storages_once():
+    from diffusers_ext.quant import resident_weight_bytes
+
+    big = torch.zeros(1000)
+    holder = nn.Module()
+    holder.register_buffer("view", big[:10])  # a view keeps its whole storage alive
+    holder.linear = nn.Linear(10, 10, bias=False)
+    holder.tied = nn.Linear(10, 10, bias=False)
+    holder.tied.weight = holder.linear.weight
+    holder.cache = torch.ones(25)  # a plain tensor attribute (e.g. a cached decoded weight) counts too
+    assert resident_weight_bytes(holder) == 4000 + 400 + 100
+    assert resident_weight_bytes(holder, holder.linear) == 4500  # shared storages across modules count once
+    with pytest.raises(TypeError, match="torch modules"):
+        resident_weight_bytes(big)
+
+
+def test_call_peak_bytes_sees_the_peak_of_torch_allocations():
+    from diffusers_ext.quant import call_peak_bytes
+
+    def run():
+        a = torch.ones(250_000)  # 1 MB
+        b = a * 2  # 2 MB held
+        del a
+        c = torch.ones(500_000)  # 1 + 2 MB = 3 MB held: the peak
+        return float(b.sum() + c.sum())
+
+    assert 3_000_000 <= call_peak_bytes(run) < 3_000_000 + 4096

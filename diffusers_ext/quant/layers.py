@@ -1,19 +1,25 @@
 """Quantized Linear / Conv2d layers: weights on a low-bit grid with per-output-channel scales, inputs
 fake-quantized with one per-tensor scale (arXiv 2408.06995's W8A8 / W4A8 setting).
 
-Weights are kept as integer codes of their format (``weight_codes``) plus ``weight_scale`` (out,); the float
-weight used by ``forward`` is decoded once (``dequantized_weight``). On CPU every format is emulated in
-float32; with CUDA on sm89+ and float8_e4m3 weights and inputs, ``forward`` uses a real FP8 matmul
-(``torch._scaled_mm``) for Linear layers.
+Weights stay packed in memory (``weight_packed``, uint8): codes of up to 4 bits two per byte (the first in the
+high nibble, the file layout of ``packing.pack_codes``), 5-8 bit codes one per byte, plus ``weight_scale``
+(out,). Every forward decodes them (a 16/256-entry table lookup, or a float8 view for the native FP8 formats)
+into a temporary float weight: no float copy is kept. On CPU every format is emulated in float32; with CUDA on
+sm89+ and float8_e4m3 weights and inputs, ``forward`` uses a real FP8 matmul (``torch._scaled_mm``) for
+Linear layers, straight on the packed bytes viewed as float8.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .formats import FloatFormat, IntFormat, get_format
+from .packing import pack_nibbles, unpack_nibbles
 
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 
@@ -21,6 +27,18 @@ QUANTIZABLE = (nn.Linear, nn.Conv2d)
 def channel_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """A per-output-channel (out,) vector shaped to broadcast against ``weight`` (out, ...)."""
     return scale.reshape(-1, *([1] * (weight.ndim - 1)))
+
+
+@functools.cache
+def _code_values(fmt: FloatFormat | IntFormat, device: torch.device) -> torch.Tensor:
+    """The float32 value of each of the 2^bits codes of ``fmt`` (shared by all layers of that format)."""
+    return fmt.decode(torch.arange(2**fmt.bits, device=device)).float()
+
+
+def pack_weight_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """A layer's in-memory weight bytes: codes of <= 4 bits two per byte, wider codes one per byte (uint8)."""
+    codes = codes.reshape(-1).to(torch.int32) & (2**bits - 1)
+    return pack_nibbles(codes) if bits <= 4 else codes.to(torch.uint8)
 
 
 def fake_quantize(x: torch.Tensor, fmt: FloatFormat | IntFormat, scale: torch.Tensor) -> torch.Tensor:
@@ -51,20 +69,37 @@ class QuantizedLayer(nn.Module):
         if scale.numel() != weight.shape[0] or not (scale > 0).all():
             raise ValueError(f"weight_scale must hold {weight.shape[0]} positive per-channel scales")
         grid = self.weight_format.round(weight / channel_view(scale, weight)) if weight_grid is None else weight_grid
-        self.register_buffer("weight_codes", self.weight_format.encode(grid).to(torch.int16))
+        self.register_buffer("weight_packed", pack_weight_codes(self.weight_format.encode(grid),
+                                                                self.weight_format.bits))
         self.register_buffer("weight_scale", scale)
         self.register_buffer("input_scale", None if input_scale is None else
                              torch.as_tensor(input_scale, dtype=torch.float32).reshape(()))
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float(), requires_grad=False)
         self.weight_shape = tuple(weight.shape)
-        self._weight_cache = None
+
+    @property
+    def weight_codes(self) -> torch.Tensor:
+        """The integer codes (int32, ``weight_shape``), unpacked afresh from ``weight_packed``."""
+        count = math.prod(self.weight_shape)
+        if self.weight_format.bits <= 4:
+            codes = unpack_nibbles(self.weight_packed, count)
+        else:
+            codes = self.weight_packed.to(torch.int32)
+        return codes.reshape(self.weight_shape)
+
+    def decoded_grid(self) -> torch.Tensor:
+        """The weights in units of their channel's scale (float32 grid values), decoded afresh."""
+        native = getattr(self.weight_format, "torch_dtype", None)
+        if native is not None and self.weight_format.bits == 8:  # the bytes are that float8 type's bit patterns
+            return self.weight_packed.view(native).float().reshape(self.weight_shape)
+        codes = self.weight_codes.reshape(-1)
+        return _code_values(self.weight_format, codes.device).index_select(0, codes).reshape(self.weight_shape)
 
     @property
     def dequantized_weight(self) -> torch.Tensor:
-        if self._weight_cache is None or self._weight_cache.device != self.weight_codes.device:
-            grid = self.weight_format.decode(self.weight_codes)
-            self._weight_cache = grid * channel_view(self.weight_scale, grid)
-        return self._weight_cache
+        """The float32 weight grid * scale, decoded afresh at every access (nothing cached)."""
+        grid = self.decoded_grid()
+        return grid * channel_view(self.weight_scale.float(), grid)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation_format is None:
@@ -96,16 +131,14 @@ class QuantizedLayer(nn.Module):
 
     def _fp8_linear(self, x: torch.Tensor) -> torch.Tensor:
         """y = (x_q s_x) (W_q s_w)^T with x_q, W_q in float8_e4m3fn: one scaled FP8 GEMM."""
-        if getattr(self, "_fp8_weight", None) is None:
-            grid = self.weight_format.decode(self.weight_codes)
-            self._fp8_weight = grid.to(torch.float8_e4m3fn).t()  # (in, out), column-major for _scaled_mm
+        weight_fp8 = self.weight_packed.view(torch.float8_e4m3fn).reshape(self.weight_shape).t()  # (in, out)
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
         rows = x2.shape[0]
         x2 = F.pad(x2, (0, 0, 0, (-rows) % 16))  # rows padded to a multiple of 16
         x_fp8 = self.activation_format.round(x2.float() / self.input_scale).to(torch.float8_e4m3fn)
         # row-wise scaling: one input scale per row (all equal), one weight scale per output channel
         scale_a = self.input_scale.reshape(1, 1).expand(x2.shape[0], 1).contiguous().float()
-        out = torch._scaled_mm(x_fp8, self._fp8_weight, scale_a=scale_a,
+        out = torch._scaled_mm(x_fp8, weight_fp8, scale_a=scale_a,
                                scale_b=self.weight_scale.reshape(1, -1).float(), out_dtype=torch.bfloat16)[:rows]
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)

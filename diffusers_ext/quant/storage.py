@@ -33,8 +33,10 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     tensors, layers = {}, {}
     for name, layer in quantized.items():
         fmt = layer.weight_format
-        tensors[f"{name}.weight_packed"] = pack_codes(layer.weight_codes.to(torch.int64) & (2**fmt.bits - 1),
-                                                      fmt.bits)
+        # 4- and 8-bit layers hold the file's byte layout in memory already
+        tensors[f"{name}.weight_packed"] = (layer.weight_packed.cpu().contiguous() if fmt.bits in (4, 8) else
+                                            pack_codes(layer.weight_codes.to(torch.int64) & (2**fmt.bits - 1),
+                                                       fmt.bits))
         tensors[f"{name}.weight_scale"] = layer.weight_scale.contiguous()
         if layer.input_scale is not None:
             tensors[f"{name}.input_scale"] = layer.input_scale.reshape(1)

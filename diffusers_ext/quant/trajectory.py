@@ -14,16 +14,30 @@ import torch
 from torch import nn
 
 
+def model_output(output) -> torch.Tensor:
+    """The denoiser's prediction in any diffusers return form: ``.sample``, a ``return_dict=False`` tuple, or a
+    tensor."""
+    if hasattr(output, "sample"):
+        return output.sample
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):  # e.g. SDXL's added_cond_kwargs
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
 @torch.no_grad()
 def record_trajectory(model: nn.Module, run: Callable[[], object]) -> list[tuple[tuple, dict, torch.Tensor]]:
     """Every call of ``model`` during ``run()``: (args, kwargs, output) on the CPU."""
     calls = []
 
     def hook(module, args, kwargs, output):
-        out = getattr(output, "sample", output)
-        calls.append((tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args),
-                      {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()},
-                      out.detach().float().cpu()))
+        calls.append((tuple(_to_cpu(a) for a in args), {k: _to_cpu(v) for k, v in kwargs.items()},
+                      model_output(output).detach().float().cpu()))
 
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -39,8 +53,7 @@ def trajectory_error(model: nn.Module, calls: list[tuple[tuple, dict, torch.Tens
     to the recorded outputs' mean square."""
     per_step, reference_power = [], []
     for args, kwargs, target in calls:
-        out = model(*args, **kwargs)
-        out = getattr(out, "sample", out).float()
+        out = model_output(model(*args, **kwargs)).float()
         per_step.append(float((out - target).pow(2).mean()))
         reference_power.append(float(target.pow(2).mean()))
     mse = sum(per_step) / len(per_step)

@@ -1,0 +1,61 @@
+"""Memory at run time: the bytes a model's weights hold resident, and the peak memory of a call.
+
+``resident_weight_bytes(module)`` (for bench/quantization.py's "resident weight bytes at run time" column)
+counts every parameter, buffer and tensor attribute of every submodule by its whole underlying storage, each
+storage once: a view counts the storage it keeps alive, tied weights count once, and a float copy cached in
+a plain attribute is counted too.
+
+``call_peak_bytes(run)`` measures the allocations made during ``run()`` with torch's profiler
+(``profile_memory=True`` records every allocation and free of torch's CPU and CUDA allocators): the peak of
+their running sum, i.e. the peak memory above what was held when the call started (weights included in
+neither; add ``resident_weight_bytes``). Memory outside torch's allocators (Python objects, numpy arrays,
+tokenizers) is not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def _module_tensors(module: nn.Module) -> Iterable[torch.Tensor]:
+    for sub in module.modules():
+        yield from sub._parameters.values()
+        yield from sub._buffers.values()
+        yield from (v for v in vars(sub).values() if isinstance(v, torch.Tensor))
+
+
+def resident_weight_bytes(*modules: nn.Module) -> int:
+    """Bytes of the storages behind all parameters, buffers and tensor attributes of ``modules`` (and their
+    submodules), each storage counted once in full; meta tensors count 0."""
+    if not modules or not all(isinstance(m, nn.Module) for m in modules):
+        raise TypeError(f"resident_weight_bytes takes torch modules, got {[type(m).__name__ for m in modules]}")
+    seen, total = set(), 0
+    for module in modules:
+        for tensor in _module_tensors(module):
+            if tensor is None or tensor.is_meta:
+                continue
+            storage = tensor.untyped_storage()
+            key = (tensor.device, storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+    return total
+
+
+def call_peak_bytes(run: Callable[[], object]) -> int:
+    """Peak bytes allocated by torch during ``run()`` above the memory held when it started (torch profiler's
+    memory events, CPU and CUDA allocations summed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
