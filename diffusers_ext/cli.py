@@ -166,7 +166,8 @@ def _tune(args) -> int:
 
     require("matplotlib", purpose="tune's plot")  # before any work
     kwargs = {"num_calibration": args.samples, "num_validation": args.samples, "seed": args.seed,
-              "reference_steps": args.reference_steps, "refine": not args.no_refine}
+              "reference_steps": args.reference_steps, "refine": not args.no_refine,
+              "search_schedules": args.search}
     if args.model == "gmm" and (args.guidance != 1.0 or args.prompt):
         raise SystemExit("the gmm model is unconditional: no --guidance or --prompt")
     model = _load_model(args.model, "tune")
@@ -349,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--samples", type=int, default=16, help="calibration noises, and as many held-out ones")
     tune_cmd.add_argument("--reference-steps", type=int, default=200, help="steps of the reference solve")
     tune_cmd.add_argument("--no-refine", action="store_true", help="skip stage 2 (DC ratios for the winner)")
+    tune_cmd.add_argument("--search", type=int, default=0, metavar="N",
+                          help="stage 2b: an S^3 search of N schedules seeded with the winner (default 0: off)")
     tune_cmd.add_argument("--seed", type=int, default=0)
     tune_cmd.add_argument("--out", required=True, help="output folder: scheduler/, tune.md, tune.png, tune.jsonl")
     tune_cmd.set_defaults(func=_tune)

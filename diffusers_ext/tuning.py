@@ -219,6 +219,8 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
         raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
     if num_calibration < 1 or num_validation < 1:
         raise ValueError(f"num_calibration and num_validation must be >= 1, got {num_calibration}, {num_validation}")
+    if not isinstance(search_schedules, int) or search_schedules < 0:
+        raise ValueError(f"search_schedules must be an integer >= 0 (0: no search), got {search_schedules!r}")
     start = time.perf_counter()
     total = num_calibration + num_validation
     from .search.calibrate_dc import calibration_problem

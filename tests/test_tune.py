@@ -154,6 +154,7 @@ def test_digits_pipeline_with_guidance():
     ({"nfe": 0}, "nfe must be an integer >= 1"),
     ({"nfe": 5, "num_validation": 0}, "num_calibration and num_validation"),
     ({"nfe": 5, "sample_shape": None}, "needs sample_shape"),
+    ({"nfe": 5, "search_schedules": -1}, "search_schedules must be an integer >= 0"),
 ])
 def test_bad_input(gmm, kwargs, match):
     kw = {"sample_shape": SHAPE, "progress": False, **kwargs}
@@ -189,3 +190,6 @@ def test_cli_bad_model(tmp_path, capsys):
     assert "does not load" in capsys.readouterr().err and not (tmp_path / "out").exists()
     with pytest.raises(SystemExit, match="the gmm model is unconditional"):
         main(["tune", "--model", "gmm", "--nfe", "4", "--guidance", "3", "--out", str(tmp_path / "out")])
+    assert main(["tune", "--model", "gmm", "--nfe", "4", "--search", "-1", "--out", str(tmp_path / "out")]) == 2
+    assert "search_schedules must be an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
