@@ -138,6 +138,26 @@ def tiny_stable_diffusion(tmp_path, scheduler):
     return pipe
 
 
+def tiny_sd3_components(tmp_path) -> dict:
+    """The components of a StableDiffusion3Pipeline (one-layer SD3 transformer, tiny VAE, two tiny CLIP text
+    encoders, no T5), scheduler excluded."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer, vocab_size = tiny_tokenizer(tmp_path)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
+    vae = AutoencoderKL(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    enc1 = CLIPTextModelWithProjection(tiny_clip_config(vocab_size))
+    enc2 = CLIPTextModelWithProjection(tiny_clip_config(vocab_size))
+    return dict(transformer=transformer, vae=vae, text_encoder=enc1, tokenizer=tokenizer, text_encoder_2=enc2,
+                tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+
+
 def lagrange_f64(ts, values, at):
     """Direct float64 reference: the quadratic through three (t, value) points, by solving Vandermonde."""
     V = np.vander(np.asarray(ts, dtype=np.float64), 3)

@@ -4,18 +4,15 @@
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDPMPipeline,
     DDPMScheduler,
     FlowMatchEulerDiscreteScheduler,
-    SD3Transformer2DModel,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
     UNet2DModel,
 )
-from transformers import CLIPTextModelWithProjection
 
-from tests.helpers import tiny_clip_config, tiny_stable_diffusion, tiny_tokenizer, variant_from_config
+from tests.helpers import tiny_sd3_components, tiny_stable_diffusion, variant_from_config
 
 FAMILIES = ["dpm++2m", "unipc-bh2", "deis-tab3", "sde-dpm++2m", "deis-heun", "dpm++2m-dualfast"]
 
@@ -45,24 +42,9 @@ def test_stable_diffusion_with_guidance(tmp_path, name):
     assert pipe.scheduler.config.timestep_spacing == "leading" and pipe.scheduler.config.steps_offset == 1
 
 
-def _sd3_components(tmp_path):
-    torch.manual_seed(0)
-    tokenizer, vocab_size = tiny_tokenizer(tmp_path)
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                                        joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
-    vae = AutoencoderKL(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=0.0609, scaling_factor=1.5035)
-    enc1 = CLIPTextModelWithProjection(tiny_clip_config(vocab_size))
-    enc2 = CLIPTextModelWithProjection(tiny_clip_config(vocab_size))
-    return dict(transformer=transformer, vae=vae, text_encoder=enc1, tokenizer=tokenizer, text_encoder_2=enc2,
-                tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_flow_matching_sd3_and_img2img(tmp_path, name):
-    components = _sd3_components(tmp_path)
+    components = tiny_sd3_components(tmp_path)
     source = FlowMatchEulerDiscreteScheduler(shift=3.0)
     scheduler = variant_from_config(name, source.config)
     assert scheduler.config.use_flow_sigmas and scheduler.config.flow_shift == 3.0

@@ -4,7 +4,7 @@ along the sampling trajectory, learned rounding, quantized layers and packed sto
 from .calibration import collect_layer_inputs, input_scale, quantizable_layers, weight_scales
 from .formats import FORMATS, FloatFormat, IntFormat, get_format
 from .layers import QuantizedLayer
-from .memory import call_peak_bytes, resident_weight_bytes
+from .memory import call_peak_bytes, pipeline_peak_memory, resident_weight_bytes
 from .pipeline import load_quantized_pipeline, quantize_pipeline, save_quantized_pipeline
 from .quantize import quantize
 from .rounding import learn_rounding, reconstruction_error
@@ -12,5 +12,5 @@ from .storage import load_quantized, save_quantized
 
 __all__ = ["FORMATS", "FloatFormat", "IntFormat", "QuantizedLayer", "call_peak_bytes", "collect_layer_inputs",
            "get_format", "input_scale", "learn_rounding", "load_quantized", "load_quantized_pipeline",
-           "quantizable_layers", "quantize", "quantize_pipeline", "reconstruction_error", "resident_weight_bytes",
-           "save_quantized", "save_quantized_pipeline", "weight_scales"]
+           "pipeline_peak_memory", "quantizable_layers", "quantize", "quantize_pipeline", "reconstruction_error",
+           "resident_weight_bytes", "save_quantized", "save_quantized_pipeline", "weight_scales"]

@@ -6,10 +6,11 @@ storage once: a view counts the storage it keeps alive, tied weights count once,
 a plain attribute is counted too.
 
 ``call_peak_bytes(run)`` measures the allocations made during ``run()`` with torch's profiler
-(``profile_memory=True`` records every allocation and free of torch's CPU and CUDA allocators): the peak of
-their running sum, i.e. the peak memory above what was held when the call started (weights included in
-neither; add ``resident_weight_bytes``). Memory outside torch's allocators (Python objects, numpy arrays,
-tokenizers) is not seen.
+(``profile_memory=True`` records every allocation and free of torch's allocator; checked on CPU only): the
+peak of their running sum, i.e. the peak memory above what was held when the call started.
+``pipeline_peak_memory`` adds the resident bytes of the pipeline's components: peak = resident + call peak.
+Memory outside torch's allocator (Python objects, numpy arrays, tokenizers) is not seen; unlike the process
+RSS, the numbers are exact and repeatable, and independent of other processes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def resident_weight_bytes(*modules: nn.Module) -> int:
 
 def call_peak_bytes(run: Callable[[], object]) -> int:
     """Peak bytes allocated by torch during ``run()`` above the memory held when it started (torch profiler's
-    memory events, CPU and CUDA allocations summed)."""
+    memory events)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -59,3 +60,12 @@ def call_peak_bytes(run: Callable[[], object]) -> int:
         current += event.nbytes()
         peak = max(peak, current)
     return peak
+
+
+def pipeline_peak_memory(pipe, run: Callable[[], object]) -> dict:
+    """Peak memory of ``run()`` (e.g. one call of ``pipe``): ``resident_bytes`` of all of ``pipe``'s torch
+    components, ``call_peak_bytes`` allocated above them during the call, and their sum ``peak_bytes``."""
+    modules = [c for c in pipe.components.values() if isinstance(c, nn.Module)]
+    resident = resident_weight_bytes(*modules)
+    call = call_peak_bytes(run)
+    return {"resident_bytes": resident, "call_peak_bytes": call, "peak_bytes": resident + call}

@@ -85,8 +85,8 @@ def quantize_pipeline(pipe, weights: str | None = "fp8_e4m3", activations: str |
     ``weights=None`` keeps full precision (the control row: error 0).
 
     Returns ``trajectory_error``'s dict plus ``denoiser`` (its attribute name), ``float32_bytes`` (4 bytes per
-    parameter before quantization), ``resident_bytes`` (``resident_weight_bytes`` after) and ``report``
-    (``quantization_report``, None for full precision)."""
+    parameter before quantization), ``float32_resident_bytes`` / ``resident_bytes`` (``resident_weight_bytes``
+    before / after: buffers included) and ``report`` (``quantization_report``, None for full precision)."""
     if (num_samples is not None and num_samples < 1) or num_inference_steps < 1:
         raise ValueError(f"num_samples and num_inference_steps must be >= 1, got {num_samples}, "
                          f"{num_inference_steps}")
@@ -99,6 +99,7 @@ def quantize_pipeline(pipe, weights: str | None = "fp8_e4m3", activations: str |
     name = denoiser_name(pipe)
     denoiser = getattr(pipe, name).eval()
     float_bytes = sum(p.numel() * 4 for p in denoiser.parameters())
+    float_resident = resident_weight_bytes(denoiser)
     run = {s: trajectory_run(pipe, num_samples, num_inference_steps, guidance_scale, s, prompts, call_kwargs)
            for s in (seed, seed + 1)}
     calibration = None
@@ -109,7 +110,7 @@ def quantize_pipeline(pipe, weights: str | None = "fp8_e4m3", activations: str |
         quantize(denoiser, weights=weights, activations=activations, calibration=calibration, rounding=rounding,
                  skip=skip, rounding_iterations=iterations, seed=seed, progress=progress)
     return {**trajectory_error(denoiser, held_out), "denoiser": name, "float32_bytes": float_bytes,
-            "resident_bytes": resident_weight_bytes(denoiser),
+            "float32_resident_bytes": float_resident, "resident_bytes": resident_weight_bytes(denoiser),
             "report": getattr(denoiser, "quantization_report", None) if weights is not None else None}
 
 
@@ -185,5 +186,7 @@ def load_quantized_pipeline(folder: str | Path, pipeline_class: type | None = No
     pipeline_class = pipeline_class or _trusted_class(index.get("pipeline_class", ""), "pipeline class")
     denoiser = denoiser_class.from_config(denoiser_class.load_config(folder / name))
     load_quantized(denoiser, folder / name / QUANTIZED_FILE)
-    pipe = pipeline_class.from_pretrained(folder, **{name: denoiser}, **kwargs)
-    return pipe
+    # components saved as None (e.g. SD3 without T5) load as None, as diffusers' own loader will not
+    saved = json.loads((folder / "model_index.json").read_text())
+    absent = {k: None for k, v in saved.items() if isinstance(v, list) and v and v[0] is None and k not in kwargs}
+    return pipeline_class.from_pretrained(folder, **{**absent, **kwargs, name: denoiser})
