@@ -241,21 +241,27 @@ def _search(args) -> int:
 
 def _quantize(args) -> int:
     from .models.digits import load_pipeline
-    from .quant import quantize_pipeline, save_quantized
+    from .quant import quantize_pipeline, save_quantized, save_quantized_pipeline
     from .registry import from_config
 
     if args.model != "digits":
         raise SystemExit(f"--model {args.model!r}: only the embedded 'digits' model is supported by the CLI; "
                          "use diffusers_ext.quant.quantize on any torch model from Python")
+    folder = args.pipeline_out
+    if folder and os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise ValueError(f"--pipeline-out {folder} exists and is not an empty folder: choose a new folder")
     pipe = load_pipeline()
     pipe.scheduler = from_config(args.scheduler, pipe.scheduler.config)
     result = quantize_pipeline(pipe, args.weights, None if args.activations == "none" else args.activations,
                                args.rounding, iterations=args.iterations, num_inference_steps=args.nfe,
                                guidance_scale=args.guidance, num_samples=args.samples, seed=args.seed)
+    if folder:
+        save_quantized_pipeline(pipe, folder)
     out = save_quantized(pipe.unet, args.out)
     print(json.dumps({"weights": args.weights, "activations": args.activations, "rounding": args.rounding,
                       "held_out_relative_mse": result["relative_mse"], "float32_bytes": result["float32_bytes"],
-                      "file_bytes": os.path.getsize(out), "out": str(out)}))
+                      "resident_bytes": result["resident_bytes"], "file_bytes": os.path.getsize(out),
+                      "out": str(out), "pipeline_out": args.pipeline_out}))
     return 0
 
 
@@ -385,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     quant.add_argument("--samples", type=int, default=64, help="calibration samples")
     quant.add_argument("--seed", type=int, default=0)
     quant.add_argument("--out", default="results/digits_quantized.safetensors")
+    quant.add_argument("--pipeline-out", default=None, help="also write the whole quantized pipeline to this new "
+                       "folder (diffusers_ext.quant.load_quantized_pipeline reloads it)")
     quant.set_defaults(func=_quantize)
     args = parser.parse_args(argv)
     try:

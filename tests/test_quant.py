@@ -220,3 +220,30 @@ def test_call_peak_bytes_sees_the_peak_of_torch_allocations():
         return float(b.sum() + c.sum())
 
     assert 3_000_000 <= call_peak_bytes(run) < 3_000_000 + 4096
+
+
+def test_cli_quantize_writes_a_pipeline_folder_that_reloads_with_one_call(tmp_path, capsys):
+    import json
+
+    from diffusers_ext import DPMSolverPPScheduler
+    from diffusers_ext.cli import main
+    from diffusers_ext.models.digits import load_pipeline, make_unet
+    from diffusers_ext.quant import load_quantized_pipeline
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    args = ["quantize", "--weights", "fp4_e2m1", "--activations", "none", "--samples", "2", "--nfe", "2",
+            "--out", str(tmp_path / "w4.safetensors")]
+    assert main([*args, "--pipeline-out", str(occupied)]) == 2  # refused before any work
+    assert "not an empty folder" in capsys.readouterr().err and not (tmp_path / "w4.safetensors").exists()
+    assert main([*args, "--pipeline-out", str(tmp_path / "w4-pipe")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["resident_bytes"] <= 0.2 * report["float32_bytes"]
+    again = load_quantized_pipeline(tmp_path / "w4-pipe")
+    assert isinstance(again.scheduler, DPMSolverPPScheduler)  # the calibration trajectory's scheduler is kept
+    pipe = load_pipeline(DPMSolverPPScheduler)
+    pipe.unet = load_quantized(make_unet(), tmp_path / "w4.safetensors")
+    images = [p(class_labels=[3, 4], num_inference_steps=2, output_type="pt",
+                generator=torch.Generator().manual_seed(0)).images for p in (again, pipe)]
+    assert torch.equal(*images)
