@@ -489,7 +489,7 @@ def fp8_row(linear: torch.nn.Linear, x: torch.Tensor) -> dict:
     scale_a = layer.input_scale.reshape(1, 1).expand(len(x), 1).contiguous()
     scale_b = layer.weight_scale.reshape(1, -1)
     row["bf16_ms"] = median_ms(lambda: torch.nn.functional.linear(xb, wb, bb), x.device, 20)
-    row["fp8_gemm_ms"] = median_ms(lambda: torch._scaled_mm(x_fp8, layer._fp8_weight, scale_a=scale_a,
+    row["fp8_gemm_ms"] = median_ms(lambda: torch._scaled_mm(x_fp8, layer.fp8_weight, scale_a=scale_a,
                                                             scale_b=scale_b, out_dtype=torch.bfloat16), x.device, 20)
     row["w8a8_layer_ms"] = median_ms(lambda: fp8_forward(xb), x.device, 20)
     row["gemm_speedup"] = row["bf16_ms"] / row["fp8_gemm_ms"]

@@ -247,3 +247,22 @@ def test_cli_quantize_writes_a_pipeline_folder_that_reloads_with_one_call(tmp_pa
     images = [p(class_labels=[3, 4], num_inference_steps=2, output_type="pt",
                 generator=torch.Generator().manual_seed(0)).images for p in (again, pipe)]
     assert torch.equal(*images)
+
+
+def test_fp8_gemm_reads_the_packed_bytes_without_a_copy():
+    """The float8 weight _scaled_mm takes is a view of the layer's packed bytes: resident memory unchanged."""
+    from diffusers_ext.quant import resident_weight_bytes
+
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16)
+    q = QuantizedLayer(layer, "fp8_e4m3", weight_scales(layer.weight, get_format("fp8_e4m3")),
+                       activation_format="fp8_e4m3", input_scale=0.02)
+    before = resident_weight_bytes(q)
+    view = q.fp8_weight
+    assert view.dtype == torch.float8_e4m3fn and view.shape == (32, 16)
+    assert view.untyped_storage().data_ptr() == q.weight_packed.untyped_storage().data_ptr()
+    assert torch.equal(view.t().float() * q.weight_scale[:, None], q.dequantized_weight)
+    q._fp8_linear(torch.randn(4, 32))
+    assert resident_weight_bytes(q) == before == 16 * 32 + 4 * (16 + 16 + 1)
+    with pytest.raises(ValueError, match="fp8_weight needs fp8_e4m3 weights, this layer holds fp4_e2m1"):
+        _ = QuantizedLayer(layer, "fp4_e2m1", weight_scales(layer.weight, get_format("fp4_e2m1"))).fp8_weight

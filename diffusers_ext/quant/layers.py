@@ -129,9 +129,17 @@ class QuantizedLayer(nn.Module):
                 and in_features % 16 == 0 and out_features % 16 == 0  # FP8 GEMM tile constraints
                 and torch.cuda.get_device_capability(x.device) >= (8, 9) and hasattr(torch, "_scaled_mm"))
 
+    @property
+    def fp8_weight(self) -> torch.Tensor:
+        """The float8_e4m3fn weight grid (in, out), column-major as ``torch._scaled_mm`` takes it: a view of the
+        packed bytes, no copy (float8_e4m3 weights only)."""
+        if getattr(self.weight_format, "torch_dtype", None) != torch.float8_e4m3fn:
+            raise ValueError(f"fp8_weight needs fp8_e4m3 weights, this layer holds {self.weight_format.name}")
+        return self.weight_packed.view(torch.float8_e4m3fn).reshape(self.weight_shape).t()
+
     def _fp8_linear(self, x: torch.Tensor) -> torch.Tensor:
         """y = (x_q s_x) (W_q s_w)^T with x_q, W_q in float8_e4m3fn: one scaled FP8 GEMM."""
-        weight_fp8 = self.weight_packed.view(torch.float8_e4m3fn).reshape(self.weight_shape).t()  # (in, out)
+        weight_fp8 = self.fp8_weight
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
         rows = x2.shape[0]
         x2 = F.pad(x2, (0, 0, 0, (-rows) % 16))  # rows padded to a multiple of 16
