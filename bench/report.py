@@ -158,24 +158,38 @@ def masked_entropy_table(rows: list[dict]) -> str:
 
 
 def quantization_table(rows: list[dict]) -> str:
+    """bench/quantization.py's rows (later rows of a config, the run-time fill-ins, add to its first), grouped by
+    weight bits: ours and the anchors side by side; a library that fails on this model or CPU says why."""
     from diffusers_ext.models.digits import make_unet
-    from diffusers_ext.quant import get_format, quantizable_layers
+    from diffusers_ext.quant import quantizable_layers
 
-    weights = sum(m.weight.numel() for m in quantizable_layers(make_unet()).values())
-    lines = [f"Quantized layers hold {weights:,} weights ({weights * 4 / 1024:.0f} KiB in float32); the rest of the "
-             "model (biases, norms, embeddings) and the per-channel scales stay float32 in the file.", "",
-             "| model | rel. output MSE vs fp32 | digits FID (seeds 1-3) | weight codes KiB | file KiB "
-             "| learned rounding kept |", "|---|---|---|---|---|---|"]
+    merged = {}
     for r in rows:
-        spec = r["config"]
-        bits = 32 if spec == "fp32" else get_format("int4" if "INT4" in spec else "int8" if "INT8" in spec
-                                                     else "fp4_e2m1" if "FP4" in spec else "fp8_e4m3").bits
+        merged.setdefault(r["config"], {}).update(r)
+    weights = sum(m.weight.numel() for m in quantizable_layers(make_unet()).values())
+    lines = [f"Quantized layers hold {weights:,} weights ({weights * 4 / 1024:.0f} KiB in float32). Resident: bytes of "
+             "every parameter and buffer of the quantized UNet at run time (tensor subclasses by their inner "
+             "tensors); CPU ms: median per UNet call on batch 64, one thread, next to fp32 in the same run.", "",
+             "| model | library | W bits | rel. output MSE vs fp32 | digits FID (seeds 1-3) | file KiB "
+             "| resident KiB (x fp32) | CPU ms per call (x fp32) | learned rounding kept |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def bits(r):
+        return r.get("weight_bits") or (32 if r["config"] == "fp32" else int(re.match(r"W(\d+)", r["config"])[1]))
+
+    for r in sorted(merged.values(), key=lambda r: -bits(r)):  # stable: file order within equal bits
+        head = f"| {r['config']} | {r.get('library', 'diffusers_ext')} | {bits(r)} |"
+        if "error" in r:
+            lines.append(f"{head} - | not run on this CPU: {r['error']} | - | - | - | - |")
+            continue
         report = r.get("report") or {}
         kept = f"{report['learned_rounding_kept']} of {report['layers']}" if "learned_rounding_kept" in report else "-"
-        if "learned" not in spec:
-            kept = "-"
-        lines.append(f"| {spec} | {r['relative_mse']:.2e} | {r['fid_mean']:.2f} ± {r['fid_std']:.2f} | "
-                     f"{weights * bits / 8 / 1024:.0f} | {r['file_bytes'] / 1024:.0f} | {kept} |")
+        resident = (f"{r['resident_bytes'] / 1024:.0f} ({r['resident_bytes'] / r['float32_bytes']:.2f}x)"
+                    if "resident_bytes" in r else "-")
+        cpu = f"{r['cpu_ms']:.1f} ({r['cpu_ms'] / r['fp32_cpu_ms']:.2f}x)" if "cpu_ms" in r else "-"
+        lines.append(f"{head} {r['relative_mse']:.2e} | {r['fid_mean']:.2f} ± {r['fid_std']:.2f} | "
+                     f"{r['file_bytes'] / 1024:.0f} | {resident} | {cpu} | "
+                     f"{kept if 'learned' in r['config'] else '-'} |")
     return "\n".join(lines)
 
 

@@ -166,7 +166,8 @@ def test_extras_are_consistent():
     project = _pyproject()
     core = _by_name(project["dependencies"])
     extras = {name: _by_name(reqs) for name, reqs in project["optional-dependencies"].items()}
-    assert set(extras) == {"eval", "quant", "all", "dev"}
+    assert set(extras) == {"eval", "quant", "all", "dev", "bench-quant"}  # bench-quant: benchmark anchors only
+    assert not set(extras["bench-quant"]) & set(extras["dev"])  # the tests never need them
     for module, (package, extra) in OPTIONAL.items():  # the table behind the error messages matches pyproject
         assert _canonical(package) in extras[extra], f"{module}: {package} is not in [{extra}]"
         assert _canonical(package) not in core, f"{package} is optional but a core dependency"
