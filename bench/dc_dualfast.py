@@ -1,8 +1,9 @@
 """DC-Solver (arXiv 2409.03755) and DualFast (arXiv 2506.13058) on the exact GMM and the digits model.
 
 Held-out evaluation only: ratios are calibrated on 10 noises drawn from seed 0 (labels 0-9 on digits);
-every metric uses seeds 1, 2, 3 (GMM: 256 noises each, endpoint RMSE; digits: 500 samples each, digits-cnn
-FID against the train split).
+every metric uses other seeds (GMM: seeds 1-5 x 256 noises, median per-sample error to the exact endpoint, flips
+and RMSE; digits: seeds 1, 2, 3 x 500 samples, digits-cnn FID against the train split). Both compare with
+diffusers at its best: the 18 options of the registry's ``diffusers-best`` set and the best of them per NFE.
 
 1. Calibrate DC-Solver ratios for the CPR fit grid (NFE 3, 4, 6, 8, 10 x guidance 1, 2, 4, 7) and for every
    benchmark configuration (NFE 3, 4, 5, 6, 8, 10 x guidance 1, 5); resumable JSONL.
@@ -12,21 +13,30 @@ FID against the train split).
    2M / 3M, diffusers' UniPC, DDIM; DualFast (strength 0.5, linear schedule, not tuned) on DDIM, DPM-Solver++
    2M, UniPC and DC-Solver (CPR).
 
-    python bench/dc_dualfast.py [--ship] [--seeds 1,2,3] [--samples 500] [--skip-digits]
+The committed calibrations and digits FID rows were written before resume keys existed: a run takes the
+calibrations from the committed files as they are and adds only diffusers' options (their FID cells are resumable,
+and cells other benchmarks computed are copied); ``--all`` recalibrates and recomputes every cell (hours on a
+2-core CPU).
+
+    python bench/dc_dualfast.py [--ship] [--seeds 1,2,3] [--samples 500] [--skip-digits] [--all]
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from results_io import line_count, say_if_cached, write_json
+from results_io import GMM_SEEDS, add_diffusers_best, gmm_solvers, line_count, plot_gmm, say_if_cached, write_json
 
 from diffusers_ext import DCSolverScheduler, DPMSolverPPScheduler, UniPCScheduler
-from diffusers_ext.eval.sweep import model_identity, plot, run_sweep, summarize, summary_table
+from diffusers_ext.eval.gmm_accuracy import gmm_accuracy, markdown_table
+from diffusers_ext.eval.sweep import model_identity, run_sweep
 from diffusers_ext.models import GaussianMixtureDenoiser
+from diffusers_ext.registry import named_set
+from diffusers_ext.results_log import read_rows
 from diffusers_ext.sampling import model_fn
 from diffusers_ext.schedulers.dc_solver.compensation import SHIPPED_CPR
-from diffusers_ext.search import calibrate_dc_grid, fit_cpr
+from diffusers_ext.search import DCCalibration, calibrate_dc_grid, fit_cpr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_NFES = (3, 4, 5, 6, 8, 10)
@@ -50,6 +60,17 @@ def factories(calibrated: dict, cpr: dict) -> dict:
         "dc-solver (CPR) + dualfast": lambda c: DCSolverScheduler(dc_cpr=cpr, dc_guidance_scale=c.guidance,
                                                                   **DUALFAST),
     }
+
+
+def calibrations(path: Path, nfes, guidances, recalibrate: bool, calibrate) -> dict:
+    """The calibrations of NFE x guidance: the committed rows of ``path`` (with or without resume keys), or
+    ``calibrate(nfes, guidances)`` (resumable) when one is missing or ``recalibrate``."""
+    rows = {(r["num_inference_steps"], r["guidance_scale"]): r for r in read_rows(path)}
+    configs = [(n, float(g)) for n in nfes for g in guidances]
+    if recalibrate or not all(c in rows for c in configs):
+        return calibrate(nfes, guidances)
+    names = {f.name for f in dataclasses.fields(DCCalibration)}
+    return {c: DCCalibration(**{k: v for k, v in rows[c].items() if k in names}) for c in configs}
 
 
 def cpr_report(cpr, calibrated: dict) -> dict:
@@ -76,10 +97,13 @@ def cpr_report(cpr, calibrated: dict) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--seeds", default="1,2,3", help="digits FID seeds")
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--ship", action="store_true", help="write the digits CPR into the package")
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--best-guidances", default="1", help="guidances of diffusers' 18 options on digits")
+    parser.add_argument("--best-nfes", default=",".join(map(str, BENCH_NFES)), help="their NFEs")
+    parser.add_argument("--all", action="store_true", help="recalibrate and recompute every digits FID cell")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     RESULTS.mkdir(exist_ok=True)
@@ -88,15 +112,19 @@ def main():
     before = {p: line_count(p) for p in logs}
 
     # --- GMM: calibrate per NFE (guidance 1 only: the mixture is unconditional)
-    gmm_cal = calibrate_dc_grid(model_fn(GaussianMixtureDenoiser()), sorted(set(BENCH_NFES) | set(FIT_NFES)), (1.0,),
-                                sample_shape=(2, 4, 4), out=RESULTS / "dc_calibration_gmm.jsonl", progress=False,
-                                model_key=model_identity("gmm"))
+    out = RESULTS / "dc_calibration_gmm.jsonl"
+
+    def calibrate_gmm(nfes, guidances):
+        return calibrate_dc_grid(model_fn(GaussianMixtureDenoiser()), nfes, guidances, sample_shape=(2, 4, 4),
+                                 out=out, progress=False, model_key=model_identity("gmm"))
+
+    gmm_cal = calibrations(out, sorted(set(BENCH_NFES) | set(FIT_NFES)), (1.0,), args.all, calibrate_gmm)
     gmm_cpr = fit_cpr({k: v for k, v in gmm_cal.items() if k[0] in FIT_NFES}).to_config()
-    rows = run_sweep("gmm", SPECS, list(BENCH_NFES), [1.0], seeds, 256, RESULTS / "dc_dualfast_gmm.jsonl",
-                     factories=factories(gmm_cal, gmm_cpr))
-    summary = summarize(rows)
-    plot(summary, RESULTS / "dc_dualfast_gmm.png", "endpoint RMSE")
-    print("GMM endpoint RMSE (held-out seeds)\n" + summary_table(summary))
+    result = gmm_accuracy(gmm_solvers(SPECS, factories(gmm_cal, gmm_cpr)), BENCH_NFES, 256, seeds=GMM_SEEDS,
+                          baselines=named_set("diffusers-best"), progress=False)
+    write_json(RESULTS / "dc_dualfast_gmm.json", result)
+    plot_gmm(result, RESULTS / "dc_dualfast_gmm.png")
+    print("GMM (held-out seeds)\n" + markdown_table(result))
 
     if args.skip_digits:
         say_if_cached(logs, before)
@@ -105,20 +133,27 @@ def main():
 
     pipe = load_pipeline()
     out = RESULTS / "dc_calibration_digits.jsonl"
-    grid = calibrate_dc_grid(pipe, FIT_NFES, FIT_GUIDANCE, out=out)
-    bench = calibrate_dc_grid(pipe, BENCH_NFES, BENCH_GUIDANCE, out=out)
+
+    def calibrate(nfes, guidances):
+        return calibrate_dc_grid(pipe, nfes, guidances, out=out)
+
+    grid = calibrations(out, FIT_NFES, FIT_GUIDANCE, args.all, calibrate)
+    bench = calibrations(out, BENCH_NFES, BENCH_GUIDANCE, args.all, calibrate)
     cpr = fit_cpr(grid).to_config()
     report = cpr_report(cpr, {**grid, **bench})
-    write_json(RESULTS / "dc_cpr_digits.json", {"cpr": cpr, **report})
+    if args.all:  # else the committed file already holds this fit (to the last digit)
+        write_json(RESULTS / "dc_cpr_digits.json", {"cpr": cpr, **report})
     print(json.dumps(report, indent=1))
     if args.ship:  # exact values: the package loads them
         write_json(SHIPPED_CPR["digits"], cpr, digits=None)
-    rows = run_sweep("digits", SPECS, list(BENCH_NFES), list(BENCH_GUIDANCE), seeds, args.samples,
-                     RESULTS / "dc_dualfast_digits.jsonl", cache_dir="results/stats-cache",
-                     factories=factories(bench, cpr))
-    summary = summarize(rows)
-    plot(summary, RESULTS / "dc_dualfast_digits.png", "digits-cnn FID")
-    print("digits-cnn FID (held-out seeds)\n" + summary_table(summary))
+    out = RESULTS / "dc_dualfast_digits.jsonl"
+    common = dict(seeds=seeds, num_samples=args.samples, out=out, cache_dir="results/stats-cache")
+    if args.all:
+        run_sweep("digits", SPECS, list(BENCH_NFES), list(BENCH_GUIDANCE), factories=factories(bench, cpr), **common)
+    guidances = [float(g) for g in args.best_guidances.split(",")]
+    nfes = [int(n) for n in args.best_nfes.split(",")]
+    table = add_diffusers_best(nfes, guidances, common, RESULTS / "dc_dualfast_digits.png")
+    print("digits-cnn FID (held-out seeds)\n" + table)
     say_if_cached(logs, before)
 
 

@@ -318,23 +318,19 @@ def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
     results = ROOT / "bench" / "results"
-    if (results / "gmm_accuracy.json").exists():
-        text = replace(text, "gmm-accuracy", markdown_table(json.loads((results / "gmm_accuracy.json").read_text())))
+    for name in ("gmm_accuracy", "dc_dualfast_gmm", "usf_gmm"):  # GMM: held-out median, flips, RMSE
+        if (results / f"{name}.json").exists():
+            result = json.loads((results / f"{name}.json").read_text())
+            text = replace(text, name.replace("_", "-"), markdown_table(result))
     if (results / "tune_gmm.json").exists():
         text = replace(text, "tune-gmm", tune_gmm_table(json.loads((results / "tune_gmm.json").read_text())))
     if (results / "tune_digits.json").exists():
         text = replace(text, "tune-digits", tune_digits_table(json.loads((results / "tune_digits.json").read_text())))
-    if (results / "sweep_digits.jsonl").exists():
-        from diffusers_ext.eval.sweep import load_done, summarize, summary_table
+    for name in ("sweep_digits", "dc_dualfast_digits", "usf_digits"):  # digits FID with diffusers' best per NFE
+        if (results / f"{name}.jsonl").exists():
+            from results_io import best_table, cell_rows
 
-        rows = list(load_done(results / "sweep_digits.jsonl").values())
-        text = replace(text, "sweep-digits", summary_table(summarize(rows)))
-    for name in ("dc_dualfast_gmm", "dc_dualfast_digits", "usf_gmm", "usf_digits"):
-        path = results / f"{name}.jsonl"
-        if path.exists():
-            from diffusers_ext.eval.sweep import load_done, summarize, summary_table
-
-            text = replace(text, name.replace("_", "-"), summary_table(summarize(list(load_done(path).values()))))
+            text = replace(text, name.replace("_", "-"), best_table(cell_rows(results / f"{name}.jsonl")))
     from diffusers_ext.results_log import read_rows
 
     for name, table in (("masked_quality", masked_quality_table), ("masked_speed", masked_speed_table),

@@ -80,3 +80,137 @@ def save_figure(fig, path) -> None:
 
     plt.close(fig)
 
+
+
+def reuse_rows(sources, out, keep) -> int:
+    """Append to the JSONL ``out`` every row of the JSONL ``sources`` that ``keep(row)`` accepts and whose ``key``
+    ``out`` lacks: sweep cells another benchmark already computed (a row's key hashes everything that sets its
+    value, so ``run_sweep`` then reuses it). Returns how many rows were copied."""
+    from diffusers_ext.results_log import append_row, read_rows
+
+    have = {r.get("key") for r in read_rows(out)}
+    copied = 0
+    for source in sources:
+        for row in read_rows(source):
+            if "key" in row and row["key"] not in have and keep(row):
+                append_row(out, row)
+                have.add(row["key"])
+                copied += 1
+    if copied:
+        print(f"{out}: reused {copied} cells of " + ", ".join(Path(s).name for s in sources))
+    return copied
+
+
+def cell_filter(specs, nfes, guidances, seeds, samples):
+    """``keep`` for ``reuse_rows``: the rows of these scheduler specs, NFEs, guidances, seeds and sample count."""
+    specs, nfes, guidances, seeds = set(specs), set(nfes), {float(g) for g in guidances}, set(seeds)
+    return lambda r: (r["scheduler"] in specs and r["nfe"] in nfes and r["guidance"] in guidances
+                      and r["seed"] in seeds and r["num_samples"] == samples)
+
+
+def diffusers_best_rows(summary: list[dict]) -> list[dict]:
+    """Per (guidance, NFE) of a sweep summary (``eval.sweep.summarize``), the row of the registry's ``diffusers-best``
+    option with the lowest mean, relabelled ``gmm_accuracy.BEST`` with the option's label under ``"option"``; only
+    where all the options were measured (the pick is made on the test seeds themselves, which favours diffusers)."""
+    from diffusers_ext.eval.gmm_accuracy import BEST
+    from diffusers_ext.registry import named_set
+
+    label = {spec: name for name, spec in named_set("diffusers-best").items()}
+    cells: dict[tuple, list[dict]] = {}
+    for r in summary:
+        if r["scheduler"] in label:
+            cells.setdefault((r["guidance"], r["nfe"]), []).append(r)
+    best = [min(rs, key=lambda r: r["mean"]) for _, rs in sorted(cells.items()) if len(rs) == len(label)]
+    return [{**r, "scheduler": BEST.format(n=len(label)), "option": label[r["scheduler"]]} for r in best]
+
+
+def cell_rows(path) -> list[dict]:
+    """The rows of a sweep JSONL file, one per cell (scheduler label, NFE, guidance, seed), the last written winning:
+    rows from before resume keys existed (an earlier run of the script) count unless a keyed row redid the cell."""
+    from diffusers_ext.results_log import read_rows
+
+    cells = {}
+    for r in read_rows(path):
+        cell = (r["scheduler"], r["nfe"], r["guidance"], r["seed"])
+        if "key" in r or cell not in cells:
+            cells[cell] = r
+    return list(cells.values())
+
+
+GMM_SEEDS = (1, 2, 3, 4, 5)  # the GMM tables' held-out seeds (calibrations and searches used seed 0)
+
+
+def gmm_solvers(specs, factories: dict | None = None) -> dict:
+    """``eval.gmm_accuracy`` solvers from sweep-style specs and factories (``cell -> scheduler``, called with a
+    guidance-1 cell of each NFE)."""
+    from diffusers_ext.eval.sweep import Cell
+    from diffusers_ext.registry import parse_spec
+
+    solvers = {spec: parse_spec(spec) for spec in specs}
+    for name, make in (factories or {}).items():
+        solvers[name] = lambda nfe, make=make, name=name: make(Cell(name, nfe, 1.0, 0))
+    return solvers
+
+
+def plot_gmm(result: dict, path) -> None:
+    """``eval.sweep.plot`` of a ``gmm_accuracy`` result: median per-sample error against NFE, bars the std of the
+    seed medians; with baselines, diffusers' best per NFE as one line."""
+    import numpy as np
+
+    from diffusers_ext.eval.gmm_accuracy import best_rows
+    from diffusers_ext.eval.sweep import plot
+
+    rows = result["rows"] + best_rows(result)
+    plot([{"scheduler": r["scheduler"], "guidance": 1.0, "nfe": r["nfe"], "mean": r["median"],
+           "std": float(np.std([np.inf if m is None else m for m in r["seed_medians"]]))} for r in rows],
+         path, f"median per-sample error (held-out seeds {', '.join(map(str, result['seeds']))})")
+
+
+OTHER_SWEEPS = ("tune_digits.jsonl", "presets_digits.jsonl", "sweep_digits.jsonl", "dc_dualfast_digits.jsonl",
+                "usf_digits.jsonl")  # digits FID cells at 500 samples that the benchmarks share by key
+
+
+def add_diffusers_best(nfes, guidances, sweep: dict, png) -> str:
+    """Digits FID of diffusers' 18 options (the registry's ``diffusers-best`` set) at ``nfes`` x ``guidances`` into
+    ``sweep["out"]`` (``run_sweep`` keywords: out, seeds, num_samples, cache_dir): cells another benchmark computed
+    are copied first, and options whose cells the file already holds (rows from before resume keys) are not rerun.
+    Plots the other rows and diffusers' best per NFE to ``png``; returns ``best_table`` of the file."""
+    from diffusers_ext.eval.sweep import plot, run_sweep, summarize
+    from diffusers_ext.registry import named_set
+
+    out, seeds, samples = Path(sweep["out"]), sweep["seeds"], sweep["num_samples"]
+    options = list(named_set("diffusers-best").values())
+    reuse_rows([out.parent / name for name in OTHER_SWEEPS if name != out.name], out,
+               cell_filter(options, nfes, guidances, seeds, samples))
+    have = {(r["scheduler"], r["nfe"], r["guidance"], r["seed"]) for r in cell_rows(out)}
+    todo = [s for s in options if any((s, n, float(g), seed) not in have for n in nfes for g in guidances
+                                      for seed in seeds)]
+    if todo:
+        run_sweep("digits", todo, nfes, guidances, **sweep)
+    rows = [r for r in cell_rows(out) if r["seed"] in seeds and r["num_samples"] == samples]
+    summary = summarize(rows)
+    plot([r for r in summary if r["scheduler"] not in options] + diffusers_best_rows(summary), png, "digits-cnn FID")
+    return best_table(rows)
+
+
+def best_table(rows: list[dict]) -> str:
+    """The mean ± std table of sweep ``rows``: every scheduler that is not one of diffusers' 18 options, diffusers'
+    best per NFE and guidance (where all 18 were measured) with the option below it, then the 18 options in a
+    collapsed block."""
+    from diffusers_ext.eval.sweep import summarize, summary_table
+    from diffusers_ext.registry import named_set
+
+    label = {spec: name for name, spec in named_set("diffusers-best").items()}
+    summary = summarize(rows)
+    best = diffusers_best_rows(summary)
+    nfes = sorted({r["nfe"] for r in summary})
+    lines = summary_table([r for r in summary if r["scheduler"] not in label] + best).splitlines()
+    for g in sorted({r["guidance"] for r in best}):
+        option = {r["nfe"]: r["option"].removeprefix("diffusers ") for r in best if r["guidance"] == g}
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"| {best[0]['scheduler']} | {g:g} |"))
+        lines.insert(at + 1, f"| ↳ option | {g:g} | " + " | ".join(option.get(n, "") for n in nfes) + " |")
+    options = [{**r, "scheduler": label[r["scheduler"]]} for r in summary if r["scheduler"] in label]
+    if options:
+        lines += ["", f"<details><summary>diffusers' {len(label)} options</summary>", "", summary_table(options), "",
+                  "</details>"]
+    return "\n".join(lines)

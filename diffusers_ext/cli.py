@@ -23,7 +23,7 @@ def _demo(args) -> int:
     result = gmm_accuracy(nfes=nfes, num_samples=args.samples)
     path = os.path.join(args.out, "gmm_accuracy.json")
     save(result, path)
-    print("\nGMM: endpoint RMSE against the exact ODE solution (lower is better):\n")
+    print("\nGMM: endpoint error against the exact ODE solution (lower is better):\n")
     print(markdown_table(result))
     if not args.gmm_only:
         jsonl = os.path.join(args.out, "digits_sweep.jsonl")
