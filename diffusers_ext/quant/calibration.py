@@ -54,25 +54,61 @@ def quantizable_layers(model: nn.Module, skip=()) -> dict[str, nn.Module]:
             if isinstance(m, QUANTIZABLE) and not any(name.startswith(s) for s in skip)}
 
 
+class Calibration(dict):
+    """Layer name -> the layer's collected inputs (a plain dict of lists), plus ``timesteps`` (layer name -> the
+    denoiser timestep of each input, None where the model takes no timestep) and ``calls`` (the model's own calls
+    as (args, kwargs) on the CPU, replayed by block reconstruction)."""
+
+    def __init__(self, inputs=(), timesteps=None, calls=None):
+        super().__init__(inputs)
+        self.timesteps = timesteps or {}
+        self.calls = calls or []
+
+
 @torch.no_grad()
 def collect_layer_inputs(model: nn.Module, run: Callable[[], object], layers: dict[str, nn.Module] | None = None,
-                         max_rows_per_call: int = 64) -> dict[str, list[torch.Tensor]]:
+                         max_rows_per_call: int = 64) -> Calibration:
     """Run ``run()`` (e.g. a pipeline call with the chosen scheduler, NFE and guidance) and keep each layer's
-    inputs, at most ``max_rows_per_call`` batch rows per forward (spread over the batch), on the CPU."""
+    inputs, at most ``max_rows_per_call`` batch rows per forward (spread over the batch), on the CPU; also each
+    input's denoiser timestep and the model's calls (``Calibration``)."""
+    from .activations import timestep_of
+
     layers = quantizable_layers(model) if layers is None else layers
-    collected: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    collected = Calibration({name: [] for name in layers}, {name: [] for name in layers})
+    current = {"t": None}
+
+    def on_call(module, args, kwargs):
+        current["t"] = timestep_of(args, kwargs)
+        collected.calls.append((_to(args, "cpu"), _to(kwargs, "cpu")))
 
     def hook(name):
         def record(module, args):
             x = args[0].detach()
-            rows = torch.linspace(0, len(x) - 1, min(len(x), max_rows_per_call)).round().long().to(x.device)
-            collected[name].append(x[rows].float().cpu())
+            collected[name].append(x[sample_rows(len(x), max_rows_per_call, x.device)].float().cpu())
+            collected.timesteps[name].append(current["t"])
         return record
 
-    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    handles = [model.register_forward_pre_hook(on_call, with_kwargs=True)]
+    handles += [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
     try:
         run()
     finally:
         for h in handles:
             h.remove()
     return collected
+
+
+def sample_rows(batch: int, max_rows: int, device=None) -> torch.Tensor:
+    """At most ``max_rows`` row indices spread evenly over a batch of ``batch`` rows."""
+    return torch.linspace(0, batch - 1, min(batch, max_rows)).round().long().to(device)
+
+
+def _to(value, device):
+    """``value`` (tensors, possibly nested in tuples, lists and dicts) detached and moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value

@@ -62,7 +62,9 @@ class FloatFormat(GridRounding):
 
     def with_bias(self, bias: int) -> FloatFormat:
         """The same bit layout with another exponent bias (= a power-of-two scale); no native dtype."""
-        return replace(self, bias=int(bias), torch_dtype=None, name=f"{self.name}_b{bias}")
+        base, sep, old = self.name.rpartition("_b")
+        base = base if sep and old.lstrip("-").isdigit() else self.name
+        return replace(self, bias=int(bias), torch_dtype=None, name=f"{base}_b{bias}")
 
     def _to_grid(self, x: torch.Tensor, rounding) -> torch.Tensor:
         x = x.float()
@@ -154,8 +156,16 @@ FORMATS["float8_e5m2"] = FORMATS["fp8_e5m2"]
 
 
 def get_format(name: str) -> FloatFormat | IntFormat:
+    """The format called ``name``: a key of FORMATS, or a float format with another exponent bias written
+    ``<name>_b<bias>`` (what ``FloatFormat.with_bias`` names it, e.g. ``fp4_e2m1_b2``)."""
     if isinstance(name, (FloatFormat, IntFormat)):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"a number format is a name (str), got {type(name).__name__}")
+    base, _, bias = name.rpartition("_b")
+    if name not in FORMATS and isinstance(FORMATS.get(base), FloatFormat) and bias.lstrip("-").isdigit():
+        return FORMATS[base].with_bias(int(bias))
     if name not in FORMATS:
-        raise ValueError(f"Unknown number format {name!r}; valid choices: {sorted(FORMATS)}")
+        raise ValueError(f"Unknown number format {name!r}; valid choices: {sorted(FORMATS)} (float formats also "
+                         "as <name>_b<exponent bias>, e.g. 'fp4_e2m1_b2')")
     return FORMATS[name]

@@ -27,7 +27,7 @@ from .calibration import collect_layer_inputs, quantizable_layers
 from .formats import get_format
 from .layers import QuantizedLayer
 from .memory import resident_weight_bytes
-from .quantize import ROUNDING, quantize
+from .quantize import ROUNDING, quantize, weight_candidates
 from .storage import load_quantized, save_quantized
 from .trajectory import record_trajectory, trajectory_error
 
@@ -73,16 +73,18 @@ def trajectory_run(pipe, num_samples: int | None, num_inference_steps: int, guid
     return lambda: pipe(**kwargs, generator=torch.Generator().manual_seed(seed))
 
 
-def quantize_pipeline(pipe, weights: str | None = "fp8_e4m3", activations: str | None = "fp8_e4m3",
+def quantize_pipeline(pipe, weights: str | tuple[str, ...] | None = "fp8_e4m3", activations: str | None = "fp8_e4m3",
                       rounding: str = "nearest", *, prompts: list[str] | None = None, iterations: int = 300,
                       num_inference_steps: int = 10, guidance_scale: float | None = None,
                       num_samples: int | None = None, seed: int = 0, skip: tuple[str, ...] = (),
-                      call_kwargs: dict | None = None, progress: bool = True) -> dict:
+                      call_kwargs: dict | None = None, progress: bool = True, keep_8bit: tuple[str, ...] = (),
+                      timestep_groups: int = 1) -> dict:
     """Quantize ``pipe``'s denoiser (``pipe.unet`` or ``pipe.transformer``) in place, in eval mode, with layer
     inputs collected along the pipeline's trajectory (its scheduler, ``num_inference_steps``,
     ``guidance_scale``, ``prompts`` or class labels, noises of ``seed``; ``call_kwargs`` go to each pipeline
     call, e.g. height/width), and measure it on a held-out full-precision trajectory (noises of ``seed + 1``).
-    ``weights=None`` keeps full precision (the control row: error 0).
+    ``weights=None`` keeps full precision (the control row: error 0); several names choose per layer.
+    ``keep_8bit`` and ``timestep_groups`` go to ``quantize``.
 
     Returns ``trajectory_error``'s dict plus ``denoiser`` (its attribute name), ``float32_bytes`` (4 bytes per
     parameter before quantization), ``float32_resident_bytes`` / ``resident_bytes`` (``resident_weight_bytes``
@@ -91,7 +93,7 @@ def quantize_pipeline(pipe, weights: str | None = "fp8_e4m3", activations: str |
         raise ValueError(f"num_samples and num_inference_steps must be >= 1, got {num_samples}, "
                          f"{num_inference_steps}")
     if weights is not None:  # bad names fail before the calibration runs
-        get_format(weights)
+        weight_candidates(weights)  # one name, or several to choose from per layer
         if activations is not None:
             get_format(activations)
         if rounding not in ROUNDING:
@@ -108,7 +110,8 @@ def quantize_pipeline(pipe, weights: str | None = "fp8_e4m3", activations: str |
     held_out = record_trajectory(denoiser, run[seed + 1])
     if weights is not None:
         quantize(denoiser, weights=weights, activations=activations, calibration=calibration, rounding=rounding,
-                 skip=skip, rounding_iterations=iterations, seed=seed, progress=progress)
+                 skip=skip, rounding_iterations=iterations, seed=seed, progress=progress, keep_8bit=keep_8bit,
+                 timestep_groups=timestep_groups)
     return {**trajectory_error(denoiser, held_out), "denoiser": name, "float32_bytes": float_bytes,
             "float32_resident_bytes": float_resident, "resident_bytes": resident_weight_bytes(denoiser),
             "report": getattr(denoiser, "quantization_report", None) if weights is not None else None}

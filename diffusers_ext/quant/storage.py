@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .activations import TimestepGroups, export_groups, import_groups
 from .formats import get_format
 from .layers import QUANTIZABLE, QuantizedLayer
 from .packing import pack_codes, unpack_codes
@@ -48,10 +49,12 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
             tensors[key] = value.detach().contiguous()
         elif key.endswith(".bias"):
             tensors[key] = value.detach().contiguous()
+    group_tensors, bounds = export_groups(model, quantized)  # per-timestep-group input scales, if any
+    tensors.update(group_tensors)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"diffusers_ext_quantized": json.dumps(
-        {"version": FORMAT_VERSION, "layers": layers})})
+        {"version": FORMAT_VERSION, "layers": layers, "timestep_bounds": bounds})})
     return path
 
 
@@ -155,6 +158,7 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
     names and shapes); on any mismatch a ValueError leaves ``model`` untouched."""
     meta, tensors = _read(path)
     layers = {name: _checked_layer(model, name, info, tensors) for name, info in meta["layers"].items()}
+    import_groups(layers, tensors, meta.get("timestep_bounds"))
     expected = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in layers}
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:
@@ -165,4 +169,6 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
     model.load_state_dict(tensors, strict=False)
     for name, layer in layers.items():
         _set_submodule(model, name, layer)
+    if meta.get("timestep_bounds") is not None:
+        TimestepGroups.attach(model, meta["timestep_bounds"])
     return model.eval()
