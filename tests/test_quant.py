@@ -266,3 +266,35 @@ def test_fp8_gemm_reads_the_packed_bytes_without_a_copy():
     assert resident_weight_bytes(q) == before == 16 * 32 + 4 * (16 + 16 + 1)
     with pytest.raises(ValueError, match="fp8_weight needs fp8_e4m3 weights, this layer holds fp4_e2m1"):
         _ = QuantizedLayer(layer, "fp4_e2m1", weight_scales(layer.weight, get_format("fp4_e2m1"))).fp8_weight
+
+
+class _WrappedCodes(torch.Tensor):
+    """A minimal wrapper tensor subclass (as torchao / optimum-quanto weights are): no storage of its own, its
+    data in an inner uint8 tensor."""
+
+    @staticmethod
+    def __new__(cls, codes, shape):
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32)
+
+    def __init__(self, codes, shape):
+        self.codes = codes
+
+    def __tensor_flatten__(self):
+        return ["codes"], None
+
+    @staticmethod
+    def __tensor_unflatten__(inner, meta, outer_size, outer_stride):
+        return _WrappedCodes(inner["codes"], outer_size)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(func)
+
+
+def test_resident_weight_bytes_counts_tensor_subclasses_by_their_inner_tensors():
+    from diffusers_ext.quant import resident_weight_bytes
+
+    holder = nn.Module()
+    holder.register_buffer("weight", _WrappedCodes(torch.zeros(100, dtype=torch.uint8), (10, 20)))
+    holder.register_buffer("scale", torch.ones(10))
+    assert resident_weight_bytes(holder) == 100 + 40

@@ -2,8 +2,8 @@
 
 ``resident_weight_bytes(module)`` (for bench/quantization.py's "resident weight bytes at run time" column)
 counts every parameter, buffer and tensor attribute of every submodule by its whole underlying storage, each
-storage once: a view counts the storage it keeps alive, tied weights count once, and a float copy cached in
-a plain attribute is counted too.
+storage once: a view counts the storage it keeps alive, tied weights count once, a float copy cached in a
+plain attribute is counted too, and tensor subclasses (torchao, optimum-quanto) count by their inner tensors.
 
 ``call_peak_bytes(run)`` measures the allocations made during ``run()`` with torch's profiler
 (``profile_memory=True`` records every allocation and free of torch's allocator; checked on CPU only): the
@@ -19,13 +19,26 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+
+def _data_tensors(tensor: torch.Tensor) -> Iterable[torch.Tensor]:
+    """The plain tensors holding ``tensor``'s data: a wrapper tensor subclass (torchao, optimum-quanto) has no
+    storage of its own, its inner tensors (``__tensor_flatten__``) do."""
+    if is_traceable_wrapper_subclass(tensor):
+        for name in tensor.__tensor_flatten__()[0]:
+            yield from _data_tensors(getattr(tensor, name))
+    else:
+        yield tensor
 
 
 def _module_tensors(module: nn.Module) -> Iterable[torch.Tensor]:
     for sub in module.modules():
-        yield from sub._parameters.values()
-        yield from sub._buffers.values()
-        yield from (v for v in vars(sub).values() if isinstance(v, torch.Tensor))
+        tensors = [*sub._parameters.values(), *sub._buffers.values(),
+                   *(v for v in vars(sub).values() if isinstance(v, torch.Tensor))]
+        for tensor in tensors:
+            if tensor is not None:
+                yield from _data_tensors(tensor)
 
 
 def resident_weight_bytes(*modules: nn.Module) -> int:
@@ -36,7 +49,7 @@ def resident_weight_bytes(*modules: nn.Module) -> int:
     seen, total = set(), 0
     for module in modules:
         for tensor in _module_tensors(module):
-            if tensor is None or tensor.is_meta:
+            if tensor.is_meta:
                 continue
             storage = tensor.untyped_storage()
             key = (tensor.device, storage.data_ptr())
