@@ -169,6 +169,9 @@ def reconstruct_unit(unit: nn.Module, soft: list[SoftLayer], data: list, groups:
     g = torch.Generator().manual_seed(seed)
     variables = [s.rounding.v for s in soft]
     optimizer = torch.optim.Adam(variables, lr=lr)
+    frozen = [p for p in unit.parameters() if p.requires_grad]  # norms etc.: no gradients wanted
+    for p in frozen:
+        p.requires_grad_(False)
     for it in tqdm(range(iterations), desc=description, disable=not progress, leave=False):
         k = int(torch.randint(len(data), (1,), generator=g))
         (args, kwargs), targets = data[k]
@@ -183,6 +186,8 @@ def reconstruct_unit(unit: nn.Module, soft: list[SoftLayer], data: list, groups:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    for p in frozen:
+        p.requires_grad_(True)
     errors = {mode: _unit_error(unit, soft, mode, data, groups) for mode in ("hard", "nearest")}
     best = "hard" if errors["hard"] < errors["nearest"] else "nearest"
     for s in soft:
@@ -208,6 +213,7 @@ def reconstruct_blocks(model: nn.Module, layers: dict[str, nn.Module], calls: li
     report = {}
     for index, (unit_name, names) in enumerate(units):
         inputs = _replay(model, calls, {unit_name: modules[unit_name]}, max_rows, inputs=True, outputs=False)
+        # a unit run more than once per denoiser call (shared weights) learns with the first group's scales
         unit_groups = groups if len(inputs[unit_name]) == len(calls) else [0] * len(inputs[unit_name])
         data = list(zip(inputs[unit_name], targets[unit_name], strict=True))
         soft = {name: make_soft(name) for name in names}
