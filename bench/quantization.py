@@ -31,8 +31,10 @@ from results_io import line_count, say_if_cached
 from diffusers_ext import DPMSolverPPScheduler
 from diffusers_ext.eval.sweep import Cell, DigitsMetric
 from diffusers_ext.models.digits import load_pipeline
-from diffusers_ext.quant import get_format, quantize_pipeline, save_quantized
+from diffusers_ext.quant import quantize_pipeline, save_quantized
+from diffusers_ext.quant.format_choice import FP4_FORMATS
 from diffusers_ext.quant.pipeline import trajectory_run
+from diffusers_ext.quant.quantize import weight_candidates
 from diffusers_ext.quant.trajectory import record_trajectory, trajectory_error
 from diffusers_ext.results_log import append_row, read_rows
 
@@ -46,6 +48,12 @@ CONFIGS = {  # name: (weights, activations, rounding[, quantize_pipeline keyword
     "W4A8 FP4 (e2m1), learned": ("fp4_e2m1", "fp8_e4m3", "learned"),
     "W4A8 INT4, nearest": ("int4", "int8", "nearest"),
     "W4A8 INT4, learned": ("int4", "int8", "learned"),
+    # issue 15 item 1 ablations (quantize's 4-bit quality options)
+    "W4A8 FP4 (e2m1), learned, int8 inputs": ("fp4_e2m1", "int8", "learned"),
+    "W4A8 FP4 per-layer format, block": (FP4_FORMATS, "fp8_e4m3", "block"),
+    "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs": (FP4_FORMATS, "int8", "block", {"timestep_groups": 4}),
+    "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs, first/last 8-bit": (
+        FP4_FORMATS, "int8", "block", {"timestep_groups": 4, "keep_8bit": ("first", "last")}),
 }
 LIBRARIES = {"optimum-quanto": "optimum.quanto", "torchao": "torchao"}  # distribution: module
 
@@ -59,7 +67,7 @@ def quantize_ours(name: str, iterations: int, nearest: bool = False) -> tuple[ob
     result = quantize_pipeline(pipe, weights, activations, "nearest" if nearest else rounding, iterations=iterations,
                                num_inference_steps=NFE, guidance_scale=GUIDANCE, num_samples=SAMPLES, seed=0,
                                **(extra[0] if extra else {}))
-    row = {"library": "diffusers_ext", "weight_bits": 32 if spec is None else get_format(weights).bits,
+    row = {"library": "diffusers_ext", "weight_bits": 32 if spec is None else weight_candidates(weights)[0].bits,
            "float32_bytes": result["float32_bytes"], "relative_mse": result["relative_mse"],
            "mse_per_step": result["mse_per_step"]}
     if spec is not None:
