@@ -11,8 +11,8 @@ bench/quant_anchors.py (the libraries' own calls on the same fp32 weights; quant
 calibrated over the same seed-0 run). FID: digits-cnn FID of 500 samples against the train split, seeds 1-3.
 Run time (``--remeasure`` redoes it for every row in one run): resident weight bytes of the quantized UNet and
 the median CPU time of 20 UNet calls on batch 64 (the held-out inputs), one torch thread, interleaved call by
-call with an fp32 copy. Rows whose FID is cached get these columns from a rebuilt model; our learned-rounding
-rows are rebuilt with nearest rounding (the same layers, formats and storage: only the rounded values differ).
+call with an fp32 copy. Rows whose FID is cached get these columns from a rebuilt model; ours are rebuilt with
+nearest rounding and 8 calibration samples (the same layers, formats and storage: only the values differ).
 """
 
 from __future__ import annotations
@@ -58,15 +58,15 @@ CONFIGS = {  # name: (weights, activations, rounding[, quantize_pipeline keyword
 LIBRARIES = {"optimum-quanto": "optimum.quanto", "torchao": "torchao"}  # distribution: module
 
 
-def quantize_ours(name: str, iterations: int, nearest: bool = False) -> tuple[object, dict]:
-    """A digits pipeline with its UNet quantized by ``CONFIGS[name]`` (``nearest``: round to nearest) and the
-    row's fields."""
+def quantize_ours(name: str, iterations: int, rebuild: bool = False) -> tuple[object, dict]:
+    """A digits pipeline with its UNet quantized by ``CONFIGS[name]`` and the row's fields; ``rebuild`` (for the
+    run-time columns only): nearest rounding and 8 calibration samples, the same layers, formats and storage."""
     spec = CONFIGS[name]
     pipe = load_pipeline(DPMSolverPPScheduler)
     weights, activations, rounding, *extra = spec or (None, None, "nearest")
-    result = quantize_pipeline(pipe, weights, activations, "nearest" if nearest else rounding, iterations=iterations,
-                               num_inference_steps=NFE, guidance_scale=GUIDANCE, num_samples=SAMPLES, seed=0,
-                               **(extra[0] if extra else {}))
+    result = quantize_pipeline(pipe, weights, activations, "nearest" if rebuild else rounding, iterations=iterations,
+                               num_inference_steps=NFE, guidance_scale=GUIDANCE, num_samples=8 if rebuild else SAMPLES,
+                               seed=0, progress=False, **(extra[0] if extra else {}))
     row = {"library": "diffusers_ext", "weight_bits": 32 if spec is None else weight_candidates(weights)[0].bits,
            "float32_bytes": result["float32_bytes"], "relative_mse": result["relative_mse"],
            "mse_per_step": result["mse_per_step"]}
@@ -112,15 +112,20 @@ def main():
     parser.add_argument("--iterations", type=int, default=300, help="learned rounding: Adam steps per layer")
     parser.add_argument("--rows", choices=("all", "ours", "anchors"), default="all", help="which rows to run")
     parser.add_argument("--remeasure", action="store_true", help="measure every row's run-time columns again")
+    parser.add_argument("--configs", nargs="+", metavar="NAME", help="only these rows (names as in the table)")
     parser.add_argument("--out", default=str(RESULTS / "quantization_digits.jsonl"))
     args = parser.parse_args()
-    rows = {}
-    for r in read_rows(args.out):  # later rows (run-time fill-ins) add to the first row of their config
-        rows.setdefault(r["config"], {}).update(r)
-    before = {args.out: line_count(args.out)}
     names = [*(CONFIGS if args.rows != "anchors" else ()), *(ANCHORS if args.rows != "ours" else ())]
+    unknown = sorted(set(args.configs or ()) - set(names))
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; valid choices with --rows {args.rows}: {names}")
+    names = [n for n in names if args.configs is None or n in args.configs]
+    before = {args.out: line_count(args.out)}
     metric = reference = held_out = None
     for name in names:
+        rows = {}  # read before each row: runs on other configs may share the file
+        for r in read_rows(args.out):  # later rows (run-time fill-ins) add to the first row of their config
+            rows.setdefault(r["config"], {}).update(r)
         anchor = ANCHORS.get(name)
         if anchor is not None and importlib.util.find_spec(LIBRARIES[anchor.library].split(".")[0]) is None:
             print(f"{name}: skipped, {anchor.library} is not installed (pip install -e '.[bench-quant]')")
@@ -133,7 +138,7 @@ def main():
             held_out = record_trajectory(reference.unet, trajectory_run(reference, SAMPLES, NFE, GUIDANCE, 1))
         fresh = "fid_mean" not in cached
         if anchor is None:
-            pipe, row = quantize_ours(name, args.iterations, nearest=not fresh)
+            pipe, row = quantize_ours(name, args.iterations, rebuild=not fresh)
         else:
             pipe, row = quantize_anchor(name, held_out)
         if "error" in row:

@@ -104,3 +104,15 @@ def test_anchors_are_skipped_without_their_libraries(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert out.count("is not installed (pip install -e '.[bench-quant]')") == len(quantization.ANCHORS)
     assert "| fp32 | diffusers_ext | 32 |" in out and path.read_bytes() == written
+
+
+def test_unknown_config_names_fail_before_anything_runs(tmp_path, monkeypatch, capsys):
+    quantization = _load("quantization")
+    path = tmp_path / "q.jsonl"
+    monkeypatch.setattr(sys, "argv", ["quantization.py", "--rows", "ours", "--configs", "fp32", "quanto W4 qint4",
+                                      "--out", str(path)])
+    with pytest.raises(SystemExit):
+        quantization.main()
+    err = capsys.readouterr().err
+    assert "--configs: unknown ['quanto W4 qint4']; valid choices with --rows ours: ['fp32', " in err
+    assert not path.exists()
