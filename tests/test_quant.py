@@ -298,3 +298,25 @@ def test_resident_weight_bytes_counts_tensor_subclasses_by_their_inner_tensors()
     holder.register_buffer("weight", _WrappedCodes(torch.zeros(100, dtype=torch.uint8), (10, 20)))
     holder.register_buffer("scale", torch.ones(10))
     assert resident_weight_bytes(holder) == 100 + 40
+
+
+@pytest.mark.parametrize("activations", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_input_quantization_is_the_emulation_bit_for_bit_with_a_small_peak(activations):
+    """Inputs quantized to a native float8 format by a saturating cast: equal to fake_quantize (NaN, infinities,
+    signed zeros, subnormals included), and a forward's peak allocation about 2x the input instead of 8x."""
+    from diffusers_ext.quant import call_peak_bytes
+    from diffusers_ext.quant.layers import fake_quantize
+
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 16)
+    q = QuantizedLayer(layer, "fp4_e2m1", weight_scales(layer.weight, get_format("fp4_e2m1")),
+                       activation_format=activations, input_scale=0.01)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, generator=g) * 10 ** torch.empty(20_000).uniform_(-8, 8, generator=g)
+    x = torch.cat([x, torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0])])
+    ours, emulated = q.quantize_input(x), fake_quantize(x, get_format(activations), q.input_scale)
+    assert torch.equal(ours.nan_to_num(7.0), emulated.nan_to_num(7.0)) and ours.isnan().sum() == 1
+    assert torch.equal(torch.signbit(ours), torch.signbit(emulated))
+    inputs = torch.randn(1024, 256)
+    q(inputs)
+    assert call_peak_bytes(lambda: q(inputs)) <= 2.5 * inputs.numel() * 4
