@@ -303,7 +303,7 @@ def test_resident_weight_bytes_counts_tensor_subclasses_by_their_inner_tensors()
 @pytest.mark.parametrize("activations", ["fp8_e4m3", "fp8_e5m2"])
 def test_fp8_input_quantization_is_the_emulation_bit_for_bit_with_a_small_peak(activations):
     """Inputs quantized to a native float8 format by a saturating cast: equal to fake_quantize (NaN, infinities,
-    signed zeros, subnormals included), and a forward's peak allocation about 2x the input instead of 8x."""
+    signed zeros, subnormals included), and a forward's peak allocation 1.3x the input instead of 8.3x."""
     from diffusers_ext.quant import call_peak_bytes
     from diffusers_ext.quant.layers import fake_quantize
 
@@ -319,4 +319,4 @@ def test_fp8_input_quantization_is_the_emulation_bit_for_bit_with_a_small_peak(a
     assert torch.equal(torch.signbit(ours), torch.signbit(emulated))
     inputs = torch.randn(1024, 256)
     q(inputs)
-    assert call_peak_bytes(lambda: q(inputs)) <= 2.5 * inputs.numel() * 4
+    assert call_peak_bytes(lambda: q(inputs)) <= 1.5 * inputs.numel() * 4

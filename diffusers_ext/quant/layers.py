@@ -103,15 +103,16 @@ class QuantizedLayer(nn.Module):
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """fake_quantize(x, activation format, input scale); for the native float8 formats by a saturating cast
-        (the same round to nearest even, with two float temporaries instead of the emulation's ten)."""
+        (the same round to nearest even, one float temporary at a time instead of the emulation's ten)."""
         fmt = self.activation_format
         if fmt is None:
             return x
         native = getattr(fmt, "torch_dtype", None)
         if native is None:
             return fake_quantize(x.float(), fmt, self.input_scale).to(x.dtype)
-        scaled = (x.float() / self.input_scale).clamp_(-fmt.max_value, fmt.max_value)
-        return scaled.to(native).float().mul_(self.input_scale).to(x.dtype)
+        # one chain: the scaled float copy is freed once cast to float8, before the float result is allocated
+        codes = (x.float() / self.input_scale).clamp_(-fmt.max_value, fmt.max_value).to(native)
+        return codes.float().mul_(self.input_scale).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._real_fp8_available(x):
