@@ -119,7 +119,8 @@ def test_best_table_picks_diffusers_best_per_nfe_and_guidance(tmp_path):
     rows = [_row("ours", n, s, 1.0 + s) for n in (4, 5) for s in (1, 2)]
     for i, spec in enumerate(options.values()):  # option i: FID 10 + i at NFE 4, 30 - i at NFE 5
         rows += [_row(spec, 4, s, 10.0 + i + s) for s in (1, 2)] + [_row(spec, 5, s, 30.0 - i + s) for s in (1, 2)]
-    rows += [_row(spec, 4, 1, 1.0, guidance=3.0) for spec in list(options.values())[:17]]  # one option missing
+    rows += [_row(spec, 4, s, 1.0, guidance=3.0) for spec in list(options.values())[:17] for s in (1, 2)]
+    rows += [_row(list(options.values())[17], 4, 1, 0.5, guidance=3.0)]  # the last option: one seed so far
     path = tmp_path / "rows.jsonl"
     _write(path, rows)
     table = results_io.best_table(results_io.cell_rows(path))
@@ -128,7 +129,8 @@ def test_best_table_picks_diffusers_best_per_nfe_and_guidance(tmp_path):
     at = lines.index(f"| {label} | 1 | 11.5 ± 0.71 | 14.5 ± 0.71 |")
     first, last = (name.removeprefix("diffusers ") for name in (list(options)[0], list(options)[-1]))
     assert lines[at + 1] == f"| ↳ option | 1 | {first} | {last} |"
-    assert f"| {label} | 3 |" not in table  # guidance 3 lacks an option: no best
+    assert f"| {label} | 3 |" not in table  # guidance 3 lacks a seed of one option: no best, nor that cell
+    assert f"| {list(options)[17]} | 3 |" not in table and f"| {list(options)[0]} | 3 | 1 ± 0 |" in table
     assert lines[2] == "| ours | 1 | 2.5 ± 0.71 | 2.5 ± 0.71 |"
     assert "<details><summary>diffusers' 18 options</summary>" in table and f"| {list(options)[0]} | 1 |" in table
 
