@@ -86,7 +86,7 @@ def main():
                                                               "plain evolution": plain[5].best_value,
                                                               "evaluations": plain[5].evaluations}
         write_json(RESULTS / "usf_search.json", summary)
-        gmm_best, digits_best = ({n: r.best for n, r in found.items()} for found in (gmm_found, digits_found))
+        gmm_best, digits_best = ({n: r.best for n, r in results.items()} for results in found.values())
     else:
         gmm_best, digits_best = committed_best("gmm"), committed_best("digits")
     if args.ship:  # exact values: the package loads them
