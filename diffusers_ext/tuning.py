@@ -240,10 +240,14 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
     noise = torch.randn((total, *shape), generator=generator).to(device, dtype)
     calls = 0
 
-    def counted(x, t):
-        nonlocal calls
-        calls += len(x)
-        return denoise(x, t)
+    def counting(denoiser):
+        def counted(x, t):
+            nonlocal calls
+            calls += len(x)
+            return denoiser(x, t)
+        return counted
+
+    counted = counting(denoise)
 
     settings = canonical({"model": model_key if model_key is not None else model_name(model), "nfe": nfe,
                           "shape": list(shape), "seed": seed, "num_calibration": num_calibration,
@@ -307,8 +311,12 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
         if reference is None:
             reference = reference_solve(counted, scheduler_config, noise, reference_steps)
         incumbent = result.refinement if result.refinement_kept else best
-        searched = searched_schedule(counted, scheduler_config, result.scheduler, best.name, noise[:num_calibration],
-                                     reference[:num_calibration], nfe, search_schedules, seed, progress)
+        # the search samples the calibration noises alone: a pipeline's denoiser conditions on as many samples
+        calibration = as_denoiser(model, num_calibration, sample_shape=sample_shape, guidance_scale=guidance_scale,
+                                  conditioning=None if conditioning is None else conditioning[:num_calibration])
+        searched = searched_schedule(counting(calibration.model), scheduler_config, result.scheduler, best.name,
+                                     noise[:num_calibration], reference[:num_calibration], nfe, search_schedules, seed,
+                                     progress)
         errors = per_sample_error(sample(counted, searched, noise, nfe), reference)
         result.search = Score(f"S^3 schedule from {incumbent.name}", errors[:num_calibration],
                               errors[num_calibration:], {"solver_schedule": searched.config.solver_schedule})

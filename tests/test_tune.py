@@ -148,6 +148,12 @@ def test_digits_pipeline_with_guidance():
     pipe.scheduler = result.scheduler
     images = pipe(class_labels=[3], num_inference_steps=4, guidance_scale=2.0, output_type="pt").images
     assert torch.isfinite(images).all()
+    # the search stage samples the calibration noises alone: their labels, not the whole batch's (it crashed)
+    searched = tune(pipe, 4, guidance_scale=2.0, num_calibration=2, num_validation=3,
+                    candidates=catalogue(["dpm++2m"], ["karras"]), refine=False, reference_steps=20,
+                    search_schedules=3, progress=False)
+    assert searched.search is not None and len(searched.search.validation) == 3
+    assert all(np.isfinite(searched.search.calibration + searched.search.validation))
 
 
 @pytest.mark.parametrize("kwargs, match", [
