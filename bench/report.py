@@ -69,6 +69,23 @@ def tune_gmm_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def tune_search_table(plain: dict, searched: dict) -> str:
+    """tune without and with its S^3 stage (``--search``) per (model, NFE): held-out median per-sample error,
+    whether the search's schedule was kept, and the ratio to diffusers' best."""
+    n = searched["settings"]["search"]
+    lines = [f"| model | NFE | tune | median | tune --search {n} | median | S^3 schedule kept | "
+             "ratio to diffusers best: without / with |", "|---|---|---|---|---|---|---|---|"]
+    for model, rows in searched["models"].items():
+        for nfe, row in rows.items():
+            before = plain["models"][model][nfe]
+            a, b = before["tuned"], row["tuned"]
+            lines.append(f"| {model} | {nfe} | {a['scheduler']} | {a['median']:.3g} | {b['scheduler']} | "
+                         f"{b['median']:.3g} | {'yes' if b.get('search_kept') else 'no'} | "
+                         f"{before['ratio tuned / diffusers best']:.2f}x / "
+                         f"**{row['ratio tuned / diffusers best']:.2f}x** |")
+    return "\n".join(lines)
+
+
 def tune_digits_table(result: dict) -> str:
     """Tuned vs diffusers at its best per NFE on digits: digits-cnn FID mean ± std over the held-out seeds, the
     ratio, tune's cost, and the issue's goals."""
@@ -324,6 +341,9 @@ def main():
             text = replace(text, name.replace("_", "-"), markdown_table(result))
     if (results / "tune_gmm.json").exists():
         text = replace(text, "tune-gmm", tune_gmm_table(json.loads((results / "tune_gmm.json").read_text())))
+    if (results / "tune_gmm.json").exists() and (results / "tune_gmm_search.json").exists():
+        text = replace(text, "tune-search", tune_search_table(*(json.loads((results / f"{n}.json").read_text())
+                                                               for n in ("tune_gmm", "tune_gmm_search"))))
     if (results / "tune_digits.json").exists():
         text = replace(text, "tune-digits", tune_digits_table(json.loads((results / "tune_digits.json").read_text())))
     for name in ("sweep_digits", "dc_dualfast_digits", "usf_digits"):  # digits FID with diffusers' best per NFE

@@ -64,11 +64,13 @@ def tuned_schedulers(pipe, args, path: Path, tune_rows: Path) -> dict:
         refine = args.refine_nfes is None or nfe in args.refine_nfes
         settings = {"nfe": nfe, "guidance": args.guidance, "calibration": args.calibration, "seed": 0,
                     "refine": refine, "model": model_identity("digits")}
+        if args.search:  # only when on, so the records of runs without the search keep their keys
+            settings["search_schedules"] = args.search
         key = identity(settings)
         if key not in done:
             result = tune(pipe, nfe, guidance_scale=args.guidance, num_calibration=args.calibration,
                           num_validation=args.calibration, seed=0, refine=refine, out=tune_rows,
-                          progress=False)
+                          search_schedules=args.search, progress=False)
             done[key] = {"key": key, **settings, "chosen": result.chosen, **scheduler_identity(result.scheduler),
                          "model_calls": result.model_calls, "seconds": result.seconds, "table": result.table()}
             append_row(path, done[key])
@@ -88,6 +90,8 @@ def main():
                         help="NFEs at which to tune (default: all of --nfes; the others get only untuned cells)")
     parser.add_argument("--refine-nfes", type=int, nargs="*", default=None,
                         help="NFEs at which tune runs its DC refinement stage (default: all)")
+    parser.add_argument("--search", type=int, default=0,
+                        help="tune's S^3 stage: schedules to search from the winner (default 0: off)")
     parser.add_argument("--options", nargs="*", default=None,
                         help="labels of the diffusers-best set to measure (default: all 18)")
     parser.add_argument("--stage", choices=["tuned", "baselines", "all"], default="all",

@@ -69,6 +69,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=5, help="held-out seeds (100, 101, ...)")
     parser.add_argument("--per-seed", type=int, default=32)
     parser.add_argument("--calibration", type=int, default=32)
+    parser.add_argument("--search", type=int, default=0,
+                        help="tune's S^3 stage: schedules to search from the winner (default 0: off)")
     parser.add_argument("--out", default=str(RESULTS / "tune_gmm.json"))
     args = parser.parse_args()
     seeds = list(range(100, 100 + args.seeds))
@@ -83,8 +85,10 @@ def main():
         for nfe in args.nfes:
             start = time.perf_counter()
             tuned = tune(model_fn(model), nfe, scheduler_config=config, sample_shape=shape,
-                         num_calibration=args.calibration, num_validation=args.calibration, progress=False)
+                         num_calibration=args.calibration, num_validation=args.calibration,
+                         search_schedules=args.search, progress=False)
             row = {"tuned": {"scheduler": tuned.chosen, "tune_model_calls": tuned.model_calls,
+                             "search_kept": tuned.search_kept,
                              "tune_seconds": tuned.seconds,
                              **score(model, tuned.scheduler, noise, exact, components, nfe, seeds)}}
             row["ours default (dpm++2m)"] = score(model, make_scheduler("dpm++2m"), noise, exact, components, nfe,
