@@ -21,12 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import plot_tune_lines, save_figure, write_json  # noqa: E402
 
+from diffusers_ext.eval.gmm_accuracy import endpoint_scores  # noqa: E402
 from diffusers_ext.models.gmm import GaussianMixtureDenoiser  # noqa: E402
 from diffusers_ext.registry import make_scheduler, named_set  # noqa: E402
 from diffusers_ext.sampling import model_fn, sample  # noqa: E402
@@ -41,25 +41,15 @@ MODELS = {
 
 
 def held_out(model, shape, seeds, per_seed):
-    """Noises of the held-out seeds, their exact endpoints and the component each endpoint is nearest to."""
+    """Noises of the held-out seeds and their exact endpoints."""
     noise = torch.cat([torch.randn((per_seed, *shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
-    exact = model.ode_endpoint(noise.double(), 999.0)
-    return noise, exact, nearest_component(model, exact)
+    return noise, model.ode_endpoint(noise.double(), 999.0)
 
 
-def nearest_component(model, x):
-    _, means, _ = model.mixture(int(np.prod(x.shape[1:])))
-    return torch.cdist(x.double().flatten(1), means).argmin(1)
-
-
-def score(model, scheduler, noise, exact, components, nfe, seeds):
-    x = sample(model_fn(model), scheduler, noise, nfe).double()
+def score(model, scheduler, noise, exact, nfe, seeds):
+    x = sample(model_fn(model), scheduler, noise, nfe)
     assert abs(float(scheduler.timesteps[0]) - 999.0) < 1.0, "every sampler starts at t = 999 (the exact endpoint's)"
-    err = (x - exact).flatten(1).pow(2).mean(1).sqrt().numpy()
-    err = np.where(np.isfinite(err), err, np.inf)
-    per_seed = [float(np.median(chunk)) for chunk in np.split(err, len(seeds))]
-    return {"median": float(np.median(err)), "seed_medians": per_seed, "rmse": float(np.sqrt(np.mean(err**2))),
-            "flips": int((nearest_component(model, x) != components).sum())}
+    return endpoint_scores(model, x, exact, len(seeds))
 
 
 def main():
@@ -80,7 +70,7 @@ def main():
         kwargs, shape = MODELS[name]
         model = GaussianMixtureDenoiser(**kwargs)
         config = DPMSolverPPScheduler().config  # the GMM's schedule: DDPM linear betas, epsilon
-        noise, exact, components = held_out(model, shape, seeds, args.per_seed)
+        noise, exact = held_out(model, shape, seeds, args.per_seed)
         rows = {}
         for nfe in args.nfes:
             start = time.perf_counter()
@@ -90,15 +80,15 @@ def main():
             row = {"tuned": {"scheduler": tuned.chosen, "tune_model_calls": tuned.model_calls,
                              "search_kept": tuned.search_kept,
                              "tune_seconds": tuned.seconds,
-                             **score(model, tuned.scheduler, noise, exact, components, nfe, seeds)}}
-            row["ours default (dpm++2m)"] = score(model, make_scheduler("dpm++2m"), noise, exact, components, nfe,
+                             **score(model, tuned.scheduler, noise, exact, nfe, seeds)}}
+            row["ours default (dpm++2m)"] = score(model, make_scheduler("dpm++2m"), noise, exact, nfe,
                                                   seeds)
             for family in (DPMSolverPPScheduler, UniPCScheduler, DEISScheduler):  # no tuning: the few-step preset
                 preset = family.from_config(config, preset="few-step")
-                row[f"preset few-step ({family.__name__})"] = score(model, preset, noise, exact, components, nfe,
+                row[f"preset few-step ({family.__name__})"] = score(model, preset, noise, exact, nfe,
                                                                    seeds)
             for label, spec in baselines.items():
-                row[label] = score(model, make_scheduler(spec), noise, exact, components, nfe, seeds)
+                row[label] = score(model, make_scheduler(spec), noise, exact, nfe, seeds)
             best = min((k for k in row if k.startswith("diffusers")), key=lambda k: row[k]["median"])
             row["diffusers best"] = {"scheduler": best, **row[best]}
             row["ratio tuned / diffusers best"] = row["tuned"]["median"] / row[best]["median"]
