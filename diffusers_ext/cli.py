@@ -181,6 +181,7 @@ def _tune(args) -> int:
     print(result.table())
     print(json.dumps({"chosen": result.chosen, "scheduler": str(out / "scheduler"), "table": str(out / "tune.md"),
                       "plot": str(out / "tune.png"), "model_evaluations": result.model_calls,
+                      "search_kept": result.search_kept,
                       "seconds": round(result.seconds, 1)}))
     return 0
 
@@ -357,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--reference-steps", type=int, default=200, help="steps of the reference solve")
     tune_cmd.add_argument("--no-refine", action="store_true", help="skip stage 2 (DC ratios for the winner)")
     tune_cmd.add_argument("--search", type=int, default=0, metavar="N",
-                          help="stage 2b: an S^3 search of N schedules seeded with the winner (default 0: off)")
+                          help="after stage 2: an S^3 search of N schedules seeded with the winner (default 0: off; "
+                               "N <= 18 tries only the seed population)")
     tune_cmd.add_argument("--seed", type=int, default=0)
     tune_cmd.add_argument("--out", required=True, help="output folder: scheduler/, tune.md, tune.png, tune.jsonl")
     tune_cmd.set_defaults(func=_tune)

@@ -91,11 +91,12 @@ def test_search_stage_starts_from_the_winner_and_is_kept_only_beyond_the_spread(
               candidates=catalogue(["dpm++2m"], ["linspace"]), refine=False, reference_steps=60, progress=False)
     result = tune(model_fn(gmm), 5, search_schedules=24, **kw)
     searched = result.search
-    assert searched is not None and searched.name == "S^3 schedule from dpm++2m linspace"
+    assert searched is not None and searched.name == "S^3 schedule seeded with dpm++2m on the dpm++2m linspace grid"
     winner = result.report[0]
     # measured: the search lowers the calibration median 0.164 -> 0.061 (its seeds include the winner itself)
     assert searched.calibration_median < 0.5 * winner.calibration_median
-    assert result.search_kept == beats_beyond_spread(searched.validation, winner.validation)
+    assert result.search_kept == (beats_beyond_spread(searched.validation, winner.validation)
+                                  and searched.validation_p90 <= winner.validation_p90)
     assert result.search_kept and isinstance(result.scheduler, USFScheduler)
     assert result.chosen == searched.name and "S^3" in result.table()
     # the chosen schedule survives save / load and samples what was scored
@@ -110,10 +111,30 @@ def test_search_stage_starts_from_the_winner_and_is_kept_only_beyond_the_spread(
     ddim = {"version": 1, "timesteps": [999.0, 799.0, 599.0, 399.0, 199.0, -1.0], "analytical_first_step": "none",
             "steps": [{"prediction": "data", "order": 1, "derivative_points": [], "relaxation": 0.0}] * 5}
     monkeypatch.setattr(tuning, "searched_schedule",
-                        lambda *a, **k: USFScheduler.from_config(kw["scheduler_config"], solver_schedule=ddim))
+                        lambda *a, **k: (USFScheduler.from_config(kw["scheduler_config"], solver_schedule=ddim),
+                                         ["ddim"]))
     worse = tune(model_fn(gmm), 5, search_schedules=24, **kw)
     assert not worse.search_kept and worse.chosen == "dpm++2m linspace"
     assert "not kept" in worse.table()
+
+
+def test_search_seeds_a_winner_without_usf_form_and_a_grid_ending_at_sigma_min(gmm, tmp_path):
+    """A DEIS winner seeds DPM-Solver++ 2M and UniPC bh2 on its grid; a config whose grid ends at sigma_min (it
+    crashed the search: USF samples to the clean end) seeds that grid ending clean."""
+    from diffusers_ext import DEISScheduler, USFScheduler
+    from diffusers_ext.tuning import searched_schedule
+
+    DPMSolverPPScheduler(final_sigmas_type="sigma_min", use_karras_sigmas=True).save_pretrained(tmp_path)
+    config = DPMSolverPPScheduler.load_config(tmp_path)
+    winner = DEISScheduler.from_config(config, solver_type="ipndm")
+    noise = torch.randn((4, *SHAPE), generator=torch.Generator().manual_seed(0))
+    reference = reference_solve(model_fn(gmm), config, noise, 40)
+    searched, seeded = searched_schedule(model_fn(gmm), config, winner, "deis-ipndm3 karras", noise, reference, 5, 2)
+    assert seeded == ["dpm++2m", "unipc-bh2"] and isinstance(searched, USFScheduler)
+    winner.set_timesteps(5)
+    times = searched.config.solver_schedule["timesteps"]
+    np.testing.assert_allclose(times[:-1], winner.grid.t[:-1])  # the budget of 2 schedules: one of the two seeds
+    assert times[-1] == searched.noise_schedule.t_clean
 
 
 def test_beats_beyond_spread():

@@ -14,16 +14,20 @@ from ..schedulers import USFScheduler
 class EndpointObjective:
     """Mean squared error of a schedule's endpoint against a 200-step reference (``sampling.reference_solve``:
     DPM-Solver++ 3M with third-order Taylor, uniform in log-SNR, on the config's schedule) on calibration
-    noises; ``model(x, t) -> output``. ``reference``: that reference when the caller has it already."""
+    noises; ``model(x, t) -> output``. ``reference``: that reference when the caller has it already (then
+    ``reference_evaluations`` is 0)."""
 
     def __init__(self, model, noise: torch.Tensor, scheduler_config=None, reference_steps: int = 200,
                  reference: torch.Tensor | None = None):
         self.model, self.noise = model, noise
         self.config = scheduler_config
+        self.reference_evaluations = 0 if reference is not None else reference_steps * len(noise)
         if reference is None:
             reference = reference_solve(model, scheduler_config, noise, reference_steps)
+        if tuple(reference.shape) != tuple(noise.shape):
+            raise ValueError(f"reference must have the noise's shape {tuple(noise.shape)}, "
+                             f"got {tuple(reference.shape)}")
         self.reference = reference.double()
-        self.reference_evaluations = reference_steps * len(noise)
 
     def __call__(self, schedule: dict) -> tuple[float, int]:
         sched = USFScheduler.from_config(self.config or {}, solver_schedule=schedule)

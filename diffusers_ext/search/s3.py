@@ -1,12 +1,12 @@
 """S^3: predictor-guided evolutionary search over USF solver schedules (arXiv 2312.07243).
 
 The search runs in stages. Stage 0 evaluates a seed population: the hand-designed solvers (DDIM,
-DPM-Solver++ 2M, UniPC bh1 / bh2) on several timestep grids. Every later stage breeds many candidates from
-the best schedules found so far (mutations of timesteps in log-SNR, prediction types, orders, derivative
-points, D_1 relaxation and correctors, plus per-step crossover), ranks them with a small MLP trained on
-every schedule evaluated so far (a pairwise ranking loss), and evaluates only the top few with the true
-objective. ``predictor=False`` is plain evolution (the authors' released search): it evaluates random
-candidates of the same breeding instead, which makes an equal-budget ablation.
+DPM-Solver++ 2M, UniPC bh1 / bh2) on several timestep grids, plus any ``initial_schedules``. Every later
+stage breeds many candidates from the best schedules found so far (mutations of timesteps in log-SNR,
+prediction types, orders, derivative points, D_1 relaxation and correctors, plus per-step crossover), ranks
+them with a small MLP trained on every schedule evaluated so far (a pairwise ranking loss), and evaluates only
+the top few with the true objective. ``predictor=False`` is plain evolution (the authors' released search):
+it evaluates random candidates of the same breeding instead, which makes an equal-budget ablation.
 
 The objective is any callable ``schedule dict -> (value, model evaluations)`` (lower is better), e.g.
 ``objectives.EndpointObjective`` (error against a fine reference solve on calibration noises; any model)
@@ -167,7 +167,7 @@ def objective_identity(objective):
 class SearchResult:
     best: dict
     best_value: float
-    seed_best_value: float  # the best of the seed population (hand-designed solvers)
+    seed_best_value: float  # the best of the seed population (hand-designed solvers and any initial_schedules)
     evaluations: int  # model evaluations spent on objectives (samples x calls)
     archive: list[dict] = field(default_factory=list)
     # with a validation objective: the finalists' held-out values; ``best`` is then the finalist that is best there
@@ -189,11 +189,12 @@ def s3_search(objective: Objective, noise_schedule, nfe: int, budget: int, *, pr
             resumes from the rows of the same search: equal ``objective_identity``, noise schedule, NFE and
             search settings (``predictor``, ``seed``, stage sizes; not the budget, so a larger budget continues).
         validation: an objective on held-out noise (or samples). The ``finalists`` best schedules of the search and
-            the best hand-designed one are scored on it and the best there is returned, so a schedule that only
+            the best of stage 0 are scored on it and the best there is returned, so a schedule that only
             fits the search's own noises is not chosen, and the result is never worse on held-out noise than the
-            best hand-designed solver. Its model evaluations are counted in ``evaluations`` too.
-        initial_schedules: more schedules for the seed population (stage 0), e.g. the best solver ``tune`` found on
-            its own grid, so the search starts from it and its neighbours.
+            best of stage 0 (the hand-designed solvers and ``initial_schedules``). Its model evaluations are
+            counted in ``evaluations`` too.
+        initial_schedules: more schedules for the seed population (stage 0), evaluated first, e.g. the best solver
+            ``tune`` found, on its own grid, so the search starts from it and its neighbours.
     """
     if nfe < 1 or budget < 1:
         raise ValueError(f"nfe and budget must be >= 1, got {nfe} and {budget}")
