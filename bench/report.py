@@ -70,18 +70,21 @@ def tune_gmm_table(result: dict) -> str:
 
 
 def tune_search_table(plain: dict, searched: dict) -> str:
-    """tune without and with its S^3 stage (``--search``) per (model, NFE): held-out median per-sample error,
-    whether the search's schedule was kept, and the ratio to diffusers' best."""
+    """tune without and with its S^3 stage (``--search``) per (model, NFE): held-out median per-sample error, flips
+    and RMSE, whether the search's schedule was kept, and the ratio of the medians to diffusers' best."""
     n = searched["settings"]["search"]
-    lines = [f"| model | NFE | tune | median | tune --search {n} | median | S^3 schedule kept | "
-             "ratio to diffusers best: without / with |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model | NFE | tune | median / flips / RMSE | tune --search {n} | median / flips / RMSE | "
+             "S^3 schedule kept | ratio to diffusers best: without / with |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(r):
+        return f"{r['median']:.3g} / {r['flips']} / {r['rmse']:.3g}"
+
     for model, rows in searched["models"].items():
         for nfe, row in rows.items():
             before = plain["models"][model][nfe]
             a, b = before["tuned"], row["tuned"]
-            lines.append(f"| {model} | {nfe} | {a['scheduler']} | {a['median']:.3g} | {b['scheduler']} | "
-                         f"{b['median']:.3g} | {'yes' if b.get('search_kept') else 'no'} | "
-                         f"{before['ratio tuned / diffusers best']:.2f}x / "
+            lines.append(f"| {model} | {nfe} | {a['scheduler']} | {cell(a)} | {b['scheduler']} | {cell(b)} | "
+                         f"{'yes' if b.get('search_kept') else 'no'} | {before['ratio tuned / diffusers best']:.2f}x / "
                          f"**{row['ratio tuned / diffusers best']:.2f}x** |")
     return "\n".join(lines)
 
