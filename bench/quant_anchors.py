@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+from diffusers_ext.quant import resident_weight_bytes
 
 Calibrate = Callable[[], object]
 
@@ -112,29 +113,10 @@ ANCHORS = {
 }
 
 
-def _storages(tensor: torch.Tensor):
-    """The plain tensors holding ``tensor``'s data: a tensor subclass (quanto, torchao) is a wrapper without
-    storage of its own; its inner tensors (``__tensor_flatten__``) hold the data."""
-    if is_traceable_wrapper_subclass(tensor):
-        for name in tensor.__tensor_flatten__()[0]:
-            yield from _storages(getattr(tensor, name))
-    else:
-        yield tensor
-
-
 def resident_bytes(module: nn.Module) -> int:
-    """Bytes of the storages behind every parameter, buffer and tensor attribute of ``module``'s submodules,
-    tensor subclasses counted by their inner tensors, each storage once and in full."""
-    seen, total = set(), 0
-    for sub in module.modules():
-        tensors = [*sub._parameters.values(), *sub._buffers.values(),
-                   *(v for v in vars(sub).values() if isinstance(v, torch.Tensor))]
-        for leaf in (s for t in tensors if t is not None for s in _storages(t)):
-            storage = leaf.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-    return total
+    """Resident bytes of ``module``'s weights: ``diffusers_ext.quant.resident_weight_bytes`` (each storage once and
+    in full; the tensor subclasses of quanto and torchao counted by their inner tensors), for every row alike."""
+    return resident_weight_bytes(module)
 
 
 @torch.no_grad()
