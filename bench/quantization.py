@@ -53,6 +53,9 @@ CONFIGS = {  # name: (weights, activations, rounding[, quantize_pipeline keyword
     "W4A8 FP4 per-layer format, block": (FP4_FORMATS, "fp8_e4m3", "block"),
     "W4A8 FP4 (e2m1), block": ("fp4_e2m1", "fp8_e4m3", "block"),
     "W4A8 FP4 (e2m1), block, first/last 8-bit": ("fp4_e2m1", "fp8_e4m3", "block", {"keep_8bit": ("first", "last")}),
+    "W4A8 FP4 (e2m1), block, first/last 8-bit, int8 inputs": (
+        "fp4_e2m1", "int8", "block", {"keep_8bit": ("first", "last")}),
+    "W4A8 INT4, block, first/last 8-bit": ("int4", "int8", "block", {"keep_8bit": ("first", "last")}),
     "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs": (FP4_FORMATS, "int8", "block", {"timestep_groups": 4}),
     "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs, first/last 8-bit": (
         FP4_FORMATS, "int8", "block", {"timestep_groups": 4, "keep_8bit": ("first", "last")}),
