@@ -16,10 +16,13 @@ from diffusers_ext.quant import (
     get_format,
     load_quantized,
     quantize,
+    resident_weight_bytes,
     save_quantized,
+    weight_scales,
 )
 from diffusers_ext.quant.activations import group_bounds
 from diffusers_ext.quant.format_choice import FP4_FORMATS, choose_weight_format
+from diffusers_ext.quant.layers import group_count
 from diffusers_ext.quant.rounding import reconstruction_error
 from diffusers_ext.quant.trajectory import record_trajectory, trajectory_error
 
@@ -258,3 +261,82 @@ def test_quantize_pipeline_passes_the_quality_options(tmp_path):
     assert sum(report["formats"].values()) == report["layers"] and report["formats"]["fp8_e4m3"] == 1
     with pytest.raises(ValueError, match="Unknown number format"):
         quantize_pipeline(_pipe(), ("fp4_e2m1", "fp4_e9m9"), num_samples=4, progress=False)
+
+
+# ---------------------------------------------------------------- weight scales per group (weight_group_size)
+def test_group_scales_are_each_groups_own_per_channel_search():
+    """A conv with K = 5 * 3 * 3 = 45 inputs per channel and groups of 16: G = 3 groups of 15 weights each
+    (evened out), each scale the one the per-channel search picks for that group's 15 weights alone."""
+    torch.manual_seed(0)
+    conv, fmt = nn.Conv2d(5, 7, 3), get_format("fp4_e2m1")
+    assert group_count(conv.weight.shape, 16) == 3 and group_count(conv.weight.shape, 45) == 1
+    assert group_count(conv.weight.shape, 7) == 7 and group_count((4, 10), 3) == 4  # 10 = 3 + 3 + 3 + 1
+    scales = weight_scales(conv.weight, fmt, group_size=16)
+    rows = conv.weight.detach().reshape(7, 45)
+    assert scales.shape == (7, 3)
+    for g in range(3):
+        assert torch.equal(scales[:, g], weight_scales(rows[:, 15 * g:15 * (g + 1)], fmt))
+    q = QuantizedLayer(conv, "fp4_e2m1", scales)
+    expected = torch.cat([fmt.round(rows[:, 15 * g:15 * (g + 1)] / scales[:, g:g + 1]) * scales[:, g:g + 1]
+                          for g in range(3)], dim=1).reshape(conv.weight.shape)
+    assert torch.equal(q.dequantized_weight, expected)
+    x = torch.randn(2, 5, 6, 6)
+    assert torch.allclose(q(x), nn.functional.conv2d(x, expected, conv.bias), atol=1e-6)
+    per_channel = QuantizedLayer(conv, "fp4_e2m1", weight_scales(conv.weight, fmt))
+    assert (q.dequantized_weight - conv.weight).pow(2).sum() < (per_channel.dequantized_weight - conv.weight).pow(2).sum()
+    with pytest.raises(ValueError, match=r"per group \(7, G\)"):
+        QuantizedLayer(conv, "fp4_e2m1", torch.ones(7, 10))  # 10 groups fit no group size of 45 (9 would be 5)
+
+
+def test_weight_group_size_lowers_the_trajectory_error_and_round_trips(calibrated, nearest_mse, tmp_path):
+    model, held_out = _quantized(calibrated, weight_group_size=8, keep_8bit=("last",))
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+    assert all(m.weight_scale.shape == (m.weight_shape[0], group_count(m.weight_shape, 8))
+               for name, m in layers.items() if name != "conv_out")
+    assert layers["conv_out"].weight_scale.shape == (1,)  # a keep_8bit layer keeps one scale per channel
+    assert model.quantization_report["weight_group_size"] == 8
+    assert trajectory_error(model, held_out)["mse"] < nearest_mse
+    path = save_quantized(model, tmp_path / "q.safetensors")
+    again = load_quantized(_tiny_unet(seed=3), path)
+    x, labels = torch.randn(4, 1, 8, 8), torch.arange(4)
+    assert torch.equal(again(x, 500, class_labels=labels).sample, model(x, 500, class_labels=labels).sample)
+    assert resident_weight_bytes(again) == resident_weight_bytes(model)
+    per_channel, _ = _quantized(calibrated, keep_8bit=("last",))  # the same codes' bytes, one scale per channel
+    extra = sum(4 * (m.weight_scale.numel() - m.weight_shape[0]) for m in layers.values())
+    assert resident_weight_bytes(model) == resident_weight_bytes(per_channel) + extra > resident_weight_bytes(
+        per_channel)
+
+
+def test_a_file_with_bad_group_scales_is_refused_and_the_model_untouched(calibrated, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model, _ = _quantized(calibrated, weight_group_size=8)
+    path = save_quantized(model, tmp_path / "q.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    out, groups = tensors["conv_out.weight_scale"].shape
+    tensors["conv_out.weight_scale"] = torch.ones(out, groups + 1)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    fresh = _tiny_unet(seed=3)
+    before = copy.deepcopy(fresh.state_dict())
+    with pytest.raises(ValueError, match="conv_out: weight_scale must hold"):
+        load_quantized(fresh, tmp_path / "bad.safetensors")
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+
+
+@pytest.mark.parametrize("size", [0, -4, 2.5, True])
+def test_a_bad_weight_group_size_is_refused_before_any_work(calibrated, size):
+    from diffusers_ext.quant import quantize_pipeline
+
+    unet = copy.deepcopy(calibrated[0].unet)
+    with pytest.raises(ValueError, match="weight_group_size must be a positive int"):
+        quantize(unet, "fp4_e2m1", None, progress=False, weight_group_size=size)
+    assert not any(isinstance(m, QuantizedLayer) for m in unet.modules())
+    pipe = _pipe()
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="weight_group_size must be a positive int"):
+        quantize_pipeline(pipe, "fp4_e2m1", num_samples=2, progress=False, weight_group_size=size)
+    assert not calls  # no calibration run was spent

@@ -1,5 +1,5 @@
-"""Calibration for quantization: layer inputs collected along the sampling trajectory, per-channel weight
-scales and per-tensor input scales chosen by minimum quantization error (arXiv 2408.06995).
+"""Calibration for quantization: layer inputs collected along the sampling trajectory, weight scales (per
+channel or per group) and per-tensor input scales chosen by minimum quantization error (arXiv 2408.06995).
 
 A scale s maps values onto a format's grid as round(x / s) s. Searching s over r * max|x| / max_value for
 clip ratios r in (0, 1] generalizes the paper's exponent-bias search (bias = a power-of-two scale).
@@ -7,31 +7,40 @@ clip ratios r in (0, 1] generalizes the paper's exponent-bias search (bias = a p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .formats import FloatFormat, IntFormat
-from .layers import QUANTIZABLE, channel_view, fake_quantize
+from .layers import QUANTIZABLE, fake_quantize, group_count
 
 CLIP_RATIOS = torch.linspace(0.3, 1.0, 36)
 
 
-def weight_scales(weight: torch.Tensor, fmt: FloatFormat | IntFormat, ratios=CLIP_RATIOS) -> torch.Tensor:
-    """(out,) scales minimizing each output channel's squared quantization error."""
+def weight_scales(weight: torch.Tensor, fmt: FloatFormat | IntFormat, ratios=CLIP_RATIOS,
+                  group_size: int | None = None) -> torch.Tensor:
+    """Scales minimizing the squared quantization error of each output channel (out,), or with ``group_size``
+    of each group of that many consecutive input weights (out, G) (``layers.group_count``)."""
     weight = weight.detach().float()
-    peak = weight.reshape(len(weight), -1).abs().amax(1).clamp_min(1e-12)
+    rows = weight.reshape(len(weight), -1)
+    if group_size is not None:  # each group a row of its own; zero padding quantizes to zero, adding no error
+        groups = group_count(weight.shape, group_size)
+        size = math.ceil(rows.shape[1] / groups)
+        rows = F.pad(rows, (0, groups * size - rows.shape[1])).reshape(len(weight) * groups, size)
+    peak = rows.abs().amax(1).clamp_min(1e-12)
     best_scale, best_err = None, None
     for r in ratios:
         scale = float(r) * peak / fmt.max_value
-        err = (fake_quantize(weight, fmt, channel_view(scale, weight)) - weight).pow(2).reshape(len(weight), -1).sum(1)
+        err = (fake_quantize(rows, fmt, scale[:, None]) - rows).pow(2).sum(1)
         if best_err is None:
             best_scale, best_err = scale, err
         else:
             better = err < best_err
             best_scale, best_err = torch.where(better, scale, best_scale), torch.minimum(err, best_err)
-    return best_scale
+    return best_scale if group_size is None else best_scale.reshape(len(weight), -1)
 
 
 def input_scale(inputs: list[torch.Tensor], fmt: FloatFormat | IntFormat, ratios=CLIP_RATIOS,

@@ -13,7 +13,7 @@ import torch
 
 from .calibration import weight_scales
 from .formats import FloatFormat, IntFormat
-from .layers import channel_view
+from .layers import scale_view
 from .rounding import reconstruction_error
 
 FP4_FORMATS = ("fp4_e2m1", "fp4_e3m0", "fp4_e1m2")
@@ -21,15 +21,16 @@ FP4_FORMATS = ("fp4_e2m1", "fp4_e3m0", "fp4_e1m2")
 
 def choose_weight_format(kind: str, conv_options: dict, weight: torch.Tensor, bias: torch.Tensor | None,
                          candidates: list[FloatFormat | IntFormat], inputs: list[torch.Tensor],
-                         quantized_inputs: list[torch.Tensor] | None = None
+                         quantized_inputs: list[torch.Tensor] | None = None, group_size: int | None = None
                          ) -> tuple[FloatFormat | IntFormat, torch.Tensor, dict[str, float]]:
-    """(format, its per-channel scales, output error of every candidate by name) with the lowest output MSE on
-    ``inputs`` (the layer sees ``quantized_inputs`` when its activations are quantized)."""
+    """(format, its scales (per channel, or per group of ``group_size``), output error of every candidate by
+    name) with the lowest output MSE on ``inputs`` (the layer sees ``quantized_inputs`` when its activations
+    are quantized)."""
     weight = weight.detach().float()
     errors, scales = {}, {}
     for fmt in candidates:
-        scales[fmt.name] = weight_scales(weight, fmt)
-        view = channel_view(scales[fmt.name], weight)
+        scales[fmt.name] = weight_scales(weight, fmt, group_size=group_size)
+        view = scale_view(scales[fmt.name], weight)
         errors[fmt.name] = reconstruction_error(kind, conv_options, inputs, weight, fmt.round(weight / view) * view,
                                                 bias, quantized_inputs=quantized_inputs)
     best = min(candidates, key=lambda f: errors[f.name])

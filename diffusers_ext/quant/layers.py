@@ -1,12 +1,13 @@
-"""Quantized Linear / Conv2d layers: weights on a low-bit grid with per-output-channel scales, inputs
+"""Quantized Linear / Conv2d layers: weights on a low-bit grid with scales per output channel or per group of
+consecutive input weights (``weight_group_size``, as the microscaling FP4 formats MXFP4 / NVFP4 do), inputs
 fake-quantized with one per-tensor scale (arXiv 2408.06995's W8A8 / W4A8 setting).
 
 Weights stay packed in memory (``weight_packed``, uint8): codes of up to 4 bits two per byte (the first in the
 high nibble, the file layout of ``packing.pack_codes``), 5-8 bit codes one per byte, plus ``weight_scale``
-(out,). Every forward decodes them (a 16/256-entry table lookup, or a float8 view for the native FP8 formats)
-into a temporary float weight: no float copy is kept. On CPU every format is emulated in float32; with CUDA on
-sm89+ and float8_e4m3 weights and inputs, ``forward`` uses a real FP8 matmul (``torch._scaled_mm``) for
-Linear layers, straight on the packed bytes viewed as float8.
+(out,) or (out, G). Every forward decodes them (a 16/256-entry table lookup, or a float8 view for the native
+FP8 formats) into a temporary float weight: no float copy is kept. On CPU every format is emulated in
+float32; with CUDA on sm89+, float8_e4m3 weights and inputs and per-channel scales, ``forward`` uses a real
+FP8 matmul (``torch._scaled_mm``) for Linear layers, straight on the packed bytes viewed as float8.
 """
 
 from __future__ import annotations
@@ -24,9 +25,24 @@ from .packing import pack_nibbles, unpack_nibbles
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 
 
-def channel_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A per-output-channel (out,) vector shaped to broadcast against ``weight`` (out, ...)."""
-    return scale.reshape(-1, *([1] * (weight.ndim - 1)))
+def group_count(weight_shape: tuple[int, ...], group_size: int) -> int:
+    """Scale groups per output channel for ``group_size`` weights each along the flattened input dimension
+    K = prod(weight_shape[1:]): G = ceil(K / group_size), the groups evened out to ceil(K / G) weights (the last
+    one may be shorter), so that ``scale_view`` recovers the layout from G alone."""
+    if group_size < 1:
+        raise ValueError(f"weight_group_size must be >= 1 (weights per scale), got {group_size}")
+    inner = math.prod(weight_shape[1:])
+    return math.ceil(inner / math.ceil(inner / math.ceil(inner / group_size)))
+
+
+def scale_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weight scales shaped to broadcast against ``weight`` (out, ...): per output channel (out,), or per group
+    (out, G) of ceil(K / G) consecutive weights of the flattened input dimension K (``group_count``)."""
+    if scale.ndim < 2:
+        return scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    inner = math.prod(weight.shape[1:])
+    size = math.ceil(inner / scale.shape[1])
+    return scale.repeat_interleave(size, dim=1)[:, :inner].reshape(weight.shape)
 
 
 @functools.cache
@@ -65,10 +81,16 @@ class QuantizedLayer(nn.Module):
         if self.activation_format is not None and input_scale is None:
             raise ValueError("an activation format needs an input scale (calibrate first)")
         weight = layer.weight.detach().float()
-        scale = weight_scale.detach().float().reshape(-1)
-        if scale.numel() != weight.shape[0] or not (scale > 0).all():
-            raise ValueError(f"weight_scale must hold {weight.shape[0]} positive per-channel scales")
-        grid = self.weight_format.round(weight / channel_view(scale, weight)) if weight_grid is None else weight_grid
+        scale = weight_scale.detach().float()
+        scale = scale.reshape(len(weight), -1) if scale.ndim == 2 else scale.reshape(-1)
+        groups = scale.shape[1] if scale.ndim == 2 else 1
+        inner = math.prod(weight.shape[1:])
+        valid_groups = scale.ndim == 1 or group_count(weight.shape, math.ceil(inner / groups)) == groups
+        if len(scale) != weight.shape[0] or not valid_groups or not (scale > 0).all():
+            raise ValueError(f"weight_scale must hold positive scales per output channel ({weight.shape[0]},) or "
+                             f"per group ({weight.shape[0]}, G) with G = group_count(weight shape, group size), "
+                             f"got {tuple(weight_scale.shape)}")
+        grid = self.weight_format.round(weight / scale_view(scale, weight)) if weight_grid is None else weight_grid
         self.register_buffer("weight_packed", pack_weight_codes(self.weight_format.encode(grid),
                                                                 self.weight_format.bits))
         self.register_buffer("weight_scale", scale)
@@ -88,7 +110,7 @@ class QuantizedLayer(nn.Module):
         return codes.reshape(self.weight_shape)
 
     def decoded_grid(self) -> torch.Tensor:
-        """The weights in units of their channel's scale (float32 grid values), decoded afresh."""
+        """The weights in units of their scale (float32 grid values), decoded afresh."""
         native = getattr(self.weight_format, "torch_dtype", None)
         if native is not None and self.weight_format.bits == 8:  # the bytes are that float8 type's bit patterns
             return self.weight_packed.view(native).float().reshape(self.weight_shape)
@@ -99,7 +121,7 @@ class QuantizedLayer(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight grid * scale, decoded afresh at every access (nothing cached)."""
         grid = self.decoded_grid()
-        return grid * channel_view(self.weight_scale.float(), grid)
+        return grid * scale_view(self.weight_scale.float(), grid)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """fake_quantize(x, activation format, input scale); for the native float8 formats by a saturating cast
@@ -132,7 +154,7 @@ class QuantizedLayer(nn.Module):
         if self.kind != "linear" or not x.is_cuda:
             return False
         out_features, in_features = self.weight_shape
-        return (fp8 == torch.float8_e4m3fn
+        return (fp8 == torch.float8_e4m3fn and self.weight_scale.ndim == 1  # row-wise scaling: one per channel
                 and getattr(self.activation_format, "torch_dtype", None) == torch.float8_e4m3fn
                 and in_features % 16 == 0 and out_features % 16 == 0  # FP8 GEMM tile constraints
                 and torch.cuda.get_device_capability(x.device) >= (8, 9) and hasattr(torch, "_scaled_mm"))

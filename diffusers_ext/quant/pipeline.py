@@ -27,7 +27,7 @@ from .calibration import collect_layer_inputs, quantizable_layers
 from .formats import get_format
 from .layers import QuantizedLayer
 from .memory import resident_weight_bytes
-from .quantize import ROUNDING, quantize, weight_candidates
+from .quantize import ROUNDING, check_group_size, quantize, weight_candidates
 from .storage import load_quantized, save_quantized
 from .trajectory import record_trajectory, trajectory_error
 
@@ -78,13 +78,13 @@ def quantize_pipeline(pipe, weights: str | tuple[str, ...] | None = "fp8_e4m3", 
                       num_inference_steps: int = 10, guidance_scale: float | None = None,
                       num_samples: int | None = None, seed: int = 0, skip: tuple[str, ...] = (),
                       call_kwargs: dict | None = None, progress: bool = True, keep_8bit: tuple[str, ...] = (),
-                      timestep_groups: int = 1) -> dict:
+                      timestep_groups: int = 1, weight_group_size: int | None = None) -> dict:
     """Quantize ``pipe``'s denoiser (``pipe.unet`` or ``pipe.transformer``) in place, in eval mode, with layer
     inputs collected along the pipeline's trajectory (its scheduler, ``num_inference_steps``,
     ``guidance_scale``, ``prompts`` or class labels, noises of ``seed``; ``call_kwargs`` go to each pipeline
     call, e.g. height/width), and measure it on a held-out full-precision trajectory (noises of ``seed + 1``).
     ``weights=None`` keeps full precision (the control row: error 0); several names choose per layer.
-    ``keep_8bit`` and ``timestep_groups`` go to ``quantize``.
+    ``keep_8bit``, ``timestep_groups`` and ``weight_group_size`` go to ``quantize``.
 
     Returns ``trajectory_error``'s dict plus ``denoiser`` (its attribute name), ``float32_bytes`` (4 bytes per
     parameter before quantization), ``float32_resident_bytes`` / ``resident_bytes`` (``resident_weight_bytes``
@@ -94,6 +94,7 @@ def quantize_pipeline(pipe, weights: str | tuple[str, ...] | None = "fp8_e4m3", 
                          f"{num_inference_steps}")
     if weights is not None:  # bad names fail before the calibration runs
         weight_candidates(weights)  # one name, or several to choose from per layer
+        check_group_size(weight_group_size)
         if activations is not None:
             get_format(activations)
         if rounding not in ROUNDING:
@@ -111,7 +112,7 @@ def quantize_pipeline(pipe, weights: str | tuple[str, ...] | None = "fp8_e4m3", 
     if weights is not None:
         quantize(denoiser, weights=weights, activations=activations, calibration=calibration, rounding=rounding,
                  skip=skip, rounding_iterations=iterations, seed=seed, progress=progress, keep_8bit=keep_8bit,
-                 timestep_groups=timestep_groups)
+                 timestep_groups=timestep_groups, weight_group_size=weight_group_size)
     return {**trajectory_error(denoiser, held_out), "denoiser": name, "float32_bytes": float_bytes,
             "float32_resident_bytes": float_resident, "resident_bytes": resident_weight_bytes(denoiser),
             "report": getattr(denoiser, "quantization_report", None) if weights is not None else None}

@@ -18,7 +18,7 @@ from .activations import TimestepGroups, group_bounds, grouped_input_scales, qua
 from .calibration import input_scale, quantizable_layers, weight_scales
 from .format_choice import choose_weight_format
 from .formats import FloatFormat, IntFormat, get_format
-from .layers import QuantizedLayer, channel_view, fake_quantize
+from .layers import QuantizedLayer, fake_quantize, scale_view
 from .rounding import RoundingVariables, learn_rounding, reconstruction_error
 
 ROUNDING = ("nearest", "learned", "block")
@@ -35,6 +35,13 @@ def weight_candidates(weights: str | Sequence[str]) -> list[FloatFormat | IntFor
     if not names:
         raise ValueError("weights: give a format name or a non-empty sequence of names to choose from per layer")
     return [get_format(n) for n in names]
+
+
+def check_group_size(weight_group_size: int | None) -> None:
+    """Raise ValueError unless ``weight_group_size`` is None (scales per channel) or a positive int."""
+    if weight_group_size is not None and (type(weight_group_size) is not int or weight_group_size < 1):
+        raise ValueError(f"weight_group_size must be a positive int (weights per scale) or None (per channel), "
+                         f"got {weight_group_size!r}")
 
 
 def kept_layers(layers: dict[str, nn.Module], keep_8bit: Sequence[str]) -> set[str]:
@@ -69,7 +76,7 @@ def _quantized_inputs(name, calibration, activation_format, scales, bounds) -> l
     return quantize_grouped(calibration[name], calibration.timesteps[name], bounds, activation_format, scales)
 
 
-def _plan(name, layer, candidates, activation_format, calibration, bounds, seed) -> _Plan:
+def _plan(name, layer, candidates, activation_format, calibration, bounds, seed, group_size) -> _Plan:
     scales = None
     if activation_format is not None and bounds is None:
         scales = input_scale(calibration[name], activation_format, seed=seed).reshape(1)
@@ -77,18 +84,20 @@ def _plan(name, layer, candidates, activation_format, calibration, bounds, seed)
         scales = grouped_input_scales(calibration[name], calibration.timesteps[name], bounds, activation_format,
                                       seed=seed)
     if len(candidates) == 1:
-        return _Plan(candidates[0], weight_scales(layer.weight, candidates[0]), scales)
+        return _Plan(candidates[0], weight_scales(layer.weight, candidates[0], group_size=group_size), scales)
     probe = QuantizedLayer(layer, candidates[0], weight_scales(layer.weight, candidates[0]))  # kind, conv options
     fmt, scale, _ = choose_weight_format(probe.kind, probe.conv_options, layer.weight, probe.bias, candidates,
                                          calibration[name],
-                                         _quantized_inputs(name, calibration, activation_format, scales, bounds))
+                                         _quantized_inputs(name, calibration, activation_format, scales, bounds),
+                                         group_size=group_size)
     return _Plan(fmt, scale, scales)
 
 
 def quantize(model: nn.Module, weights: str | Sequence[str] = "fp8_e4m3", activations: str | None = "fp8_e4m3",
              calibration: dict[str, list[torch.Tensor]] | None = None, rounding: str = "nearest",
              skip: tuple[str, ...] = (), rounding_iterations: int = 300, seed: int = 0,
-             progress: bool = True, *, keep_8bit: Sequence[str] = (), timestep_groups: int = 1) -> nn.Module:
+             progress: bool = True, *, keep_8bit: Sequence[str] = (), timestep_groups: int = 1,
+             weight_group_size: int | None = None) -> nn.Module:
     """Quantize every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` (except names starting with an entry of
     ``skip``) in place and return it.
 
@@ -102,9 +111,13 @@ def quantize(model: nn.Module, weights: str | Sequence[str] = "fp8_e4m3", activa
     block only where it reconstructs the calibration outputs better than round-to-nearest.
     keep_8bit: layers kept at 8-bit weights ("first", "last" or names): fp8_e4m3 for float formats, int8 for int.
     timestep_groups: input scales per group of calibration timesteps (``activations.py``); 1 = one scale.
+    weight_group_size: one weight scale per this many consecutive input weights of an output channel (the
+    microscaling of MXFP4 / NVFP4, blocks of 32 / 16) instead of one per channel, on every layer but the
+    ``keep_8bit`` ones; each scale is a float32 (32 / group size extra bits per weight).
     ``model.quantization_report`` counts the learned roundings kept and the formats chosen.
     """
     candidates = weight_candidates(weights)
+    check_group_size(weight_group_size)
     activation_format = get_format(activations) if activations is not None else None
     if rounding not in ROUNDING:
         raise ValueError(f"Unknown rounding {rounding!r}; valid choices: {list(ROUNDING)}")
@@ -129,7 +142,7 @@ def quantize(model: nn.Module, weights: str | Sequence[str] = "fp8_e4m3", activa
         raise ValueError("rounding='block' replays the model's calibration calls: pass collect_layer_inputs's result")
     eight_bit = get_format("int8" if isinstance(candidates[0], IntFormat) else "fp8_e4m3")
     plans = {name: _plan(name, layer, [eight_bit] if name in kept else candidates, activation_format, calibration,
-                         bounds, seed)
+                         bounds, seed, None if name in kept else weight_group_size)
              for name, layer in tqdm(layers.items(), desc="calibrating", disable=not progress)}
 
     def install(name: str, grid: torch.Tensor | None) -> None:
@@ -174,7 +187,7 @@ def quantize(model: nn.Module, weights: str | Sequence[str] = "fp8_e4m3", activa
         "layers": len(layers), "learned_rounding_kept": learned_layers, "kept_8bit": sorted(kept),
         "formats": {f: sum(p.weight_format.name == f for p in plans.values())
                     for f in sorted({p.weight_format.name for p in plans.values()})},
-        "timestep_bounds": bounds}
+        "timestep_bounds": bounds, "weight_group_size": weight_group_size}
     if block_report is not None:
         model.quantization_report["blocks"] = block_report
     return model
@@ -188,7 +201,7 @@ def _learned_grid(name, layer, plan: _Plan, inputs, iterations, seed, progress, 
     learned = learn_rounding(probe.kind, probe.conv_options, layer.weight, bias, plan.weight_format,
                              plan.weight_scale, inputs, iterations=iterations, seed=seed, progress=progress,
                              description=name, quantized_inputs=quantized_inputs)
-    view = channel_view(plan.weight_scale, layer.weight)
+    view = scale_view(plan.weight_scale, layer.weight)
     errors = [reconstruction_error(probe.kind, probe.conv_options, inputs, layer.weight.detach(), w * view, bias,
                                    quantized_inputs=quantized_inputs)
               for w in (plan.weight_format.round(layer.weight.detach() / view), learned)]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .formats import FloatFormat, IntFormat
-from .layers import channel_view, fake_quantize
+from .layers import fake_quantize, scale_view
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -47,7 +47,7 @@ class RoundingVariables:
 
     def __init__(self, weight: torch.Tensor, fmt: FloatFormat | IntFormat, scale: torch.Tensor):
         weight = weight.detach().float()
-        self.scale = channel_view(scale.detach().float(), weight)
+        self.scale = scale_view(scale.detach().float(), weight)
         scaled = weight / self.scale
         self.low = fmt.round_toward_zero(scaled).abs()
         self.span = (fmt.round_away_from_zero(scaled).abs() - self.low)

@@ -1,10 +1,11 @@
 """Save and load quantized models as safetensors with packed codes.
 
 A quantized layer is stored as ``<name>.weight_packed`` (its codes, ``bits`` per weight: two FP4 codes per
-byte), ``<name>.weight_scale`` (per output channel), ``<name>.input_scale`` (if its inputs are quantized);
-everything else of the model (biases, norms, embeddings) as float tensors. The metadata records each
-layer's formats, bit width and weight shape. Loading needs the float model's architecture (a freshly built
-model, e.g. ``make_unet()``); its weights are replaced, after the whole file has been checked against it.
+byte), ``<name>.weight_scale`` (per output channel, or (out, G) per group), ``<name>.input_scale`` (if its
+inputs are quantized); everything else of the model (biases, norms, embeddings) as float tensors. The
+metadata records each layer's formats, bit width and weight shape. Loading needs the float model's
+architecture (a freshly built model, e.g. ``make_unet()``); its weights are replaced, after the whole file
+has been checked against it.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ def _checked_layer(model: nn.Module, name: str, info, tensors: dict[str, torch.T
                          f"{fmt.name} values (NaN/inf)")
     if not torch.equal(fmt.round(grid), grid):
         raise ValueError(f"{name}.weight_packed: codes beyond the {fmt.name} grid (|value| <= {fmt.max_value})")
-    scale = _positive_finite(tensors.pop(f"{name}.weight_scale", None), f"{name}.weight_scale", shape[0])
+    scale = tensors.pop(f"{name}.weight_scale", None)
+    grouped = scale is not None and scale.dim() == 2 and scale.shape[0] == shape[0]  # (out, G): per group
+    scale = _positive_finite(scale, f"{name}.weight_scale", scale.numel() if grouped else shape[0])
+    scale = scale.reshape(shape[0], -1) if grouped else scale
     input_scale = tensors.pop(f"{name}.input_scale", None)
     if activations is None and input_scale is not None:
         raise ValueError(f"{name}.input_scale is stored but the layer's activations are not quantized")
@@ -143,7 +147,10 @@ def _checked_layer(model: nn.Module, name: str, info, tensors: dict[str, torch.T
     if (bias is None) != (layer.bias is None) or (bias is not None and bias.shape != layer.bias.shape):
         raise ValueError(f"{name}.bias: the model has {None if layer.bias is None else tuple(layer.bias.shape)}, "
                          f"the file {None if bias is None else tuple(bias.shape)}")
-    quantized = QuantizedLayer(layer, fmt.name, scale, grid, activations, input_scale)
+    try:
+        quantized = QuantizedLayer(layer, fmt.name, scale, grid, activations, input_scale)
+    except ValueError as error:  # e.g. a scale group count that fits no group size of this shape
+        raise ValueError(f"{name}: {error}") from error
     if bias is not None:
         quantized.bias = nn.Parameter(bias.detach().float(), requires_grad=False)
     return quantized
