@@ -253,14 +253,19 @@ def _quantize(args) -> int:
         raise ValueError(f"--pipeline-out {folder} exists and is not an empty folder: choose a new folder")
     pipe = load_pipeline()
     pipe.scheduler = from_config(args.scheduler, pipe.scheduler.config)
-    result = quantize_pipeline(pipe, args.weights, None if args.activations == "none" else args.activations,
+    weights = tuple(args.weights.split(",")) if "," in args.weights else args.weights  # several: chosen per layer
+    result = quantize_pipeline(pipe, weights, None if args.activations == "none" else args.activations,
                                args.rounding, iterations=args.iterations, num_inference_steps=args.nfe,
-                               guidance_scale=args.guidance, num_samples=args.samples, seed=args.seed)
+                               guidance_scale=args.guidance, num_samples=args.samples, seed=args.seed,
+                               keep_8bit=tuple(args.keep_8bit), timestep_groups=args.timestep_groups,
+                               weight_group_size=args.group_size)
     if folder:
         save_quantized_pipeline(pipe, folder)
     out = save_quantized(pipe.unet, args.out)
     print(json.dumps({"weights": args.weights, "activations": args.activations, "rounding": args.rounding,
-                      "held_out_relative_mse": result["relative_mse"], "float32_bytes": result["float32_bytes"],
+                      "keep_8bit": args.keep_8bit, "timestep_groups": args.timestep_groups,
+                      "group_size": args.group_size, "held_out_relative_mse": result["relative_mse"],
+                      "float32_bytes": result["float32_bytes"],
                       "resident_bytes": result["resident_bytes"], "file_bytes": os.path.getsize(out),
                       "out": str(out), "pipeline_out": args.pipeline_out}))
     return 0
@@ -383,9 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     quant = command("quantize", "quantize the digits UNet (FP8/FP4/INT weights and activations), calibrated along "
                     "the sampling trajectory; packed safetensors")
     quant.add_argument("--model", default="digits", help="digits (Python API: any torch model)")
-    quant.add_argument("--weights", default="fp8_e4m3", help="weight format (fp8_e4m3, fp4_e2m1, int8, int4, ...)")
+    quant.add_argument("--weights", default="fp8_e4m3", help="weight format (fp8_e4m3, fp4_e2m1, int8, int4, ...), "
+                       "or several separated by commas to choose per layer (fp4_e2m1,fp4_e3m0,fp4_e1m2)")
     quant.add_argument("--activations", default="fp8_e4m3", help="activation format, or none")
-    quant.add_argument("--rounding", default="nearest", help="nearest or learned")
+    quant.add_argument("--rounding", default="nearest", choices=("nearest", "learned", "block"),
+                       help="round to nearest, learned per layer, or learned per block (BRECQ)")
+    quant.add_argument("--keep-8bit", nargs="*", default=[], metavar="LAYER",
+                       help="layers kept at 8-bit weights: first, last or layer names")
+    quant.add_argument("--timestep-groups", type=int, default=1, help="input scales per group of timesteps")
+    quant.add_argument("--group-size", type=int, default=None,
+                       help="one weight scale per this many input weights (default: one per output channel)")
     quant.add_argument("--iterations", type=int, default=300, help="learned rounding: Adam steps per layer")
     quant.add_argument("--scheduler", default="dpm++2m", help="scheduler of the calibration trajectory")
     quant.add_argument("--nfe", type=int, default=10, help="steps of the calibration trajectory")

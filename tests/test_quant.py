@@ -139,6 +139,32 @@ def test_cli_quantizes_the_digits_unet_into_a_small_file_that_plugs_into_the_pip
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
 
 
+def test_cli_quantize_passes_the_4bit_quality_options(tmp_path, capsys):
+    import json
+
+    from diffusers_ext.cli import main
+    from diffusers_ext.models.digits import make_unet
+    from diffusers_ext.quant.layers import group_count
+
+    out = tmp_path / "w4a8.safetensors"
+    assert main(["quantize", "--weights", "fp4_e2m1,fp4_e1m2", "--activations", "fp8_e4m3", "--rounding", "block",
+                 "--iterations", "2", "--keep-8bit", "first", "last", "--timestep-groups", "2", "--group-size", "32",
+                 "--samples", "4", "--nfe", "3", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["keep_8bit"] == ["first", "last"] and report["group_size"] == 32
+    unet = load_quantized(make_unet(), out)
+    layers = [m for m in unet.modules() if isinstance(m, QuantizedLayer)]
+    eight = [m for m in layers if m.weight_format.bits == 8]
+    assert [m.weight_format.name for m in eight] == ["fp8_e4m3"] * 2 and unet.conv_in in eight
+    assert {m.weight_format.name for m in layers if m not in eight} <= {"fp4_e2m1", "fp4_e1m2"}
+    assert all(m.weight_scale.shape == (m.weight_shape[0], group_count(m.weight_shape, 32))
+               for m in layers if m not in eight)
+    assert unet.conv_in.input_scales.shape == (2,)
+    with pytest.raises(SystemExit):
+        main(["quantize", "--rounding", "blocks"])
+    assert "invalid choice: 'blocks'" in capsys.readouterr().err
+
+
 def test_fp8_scaled_mm_path_matches_the_emulated_layer():
     """The real FP8 path (used on CUDA sm89+) run through torch._scaled_mm on the CPU: same result as the
     float32 emulation up to its bfloat16 output (relative 2^-8)."""
