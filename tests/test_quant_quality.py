@@ -212,20 +212,26 @@ def test_save_load_round_trips_formats_and_timestep_scales(calibrated, tmp_path)
     assert formats == {n: m.weight_format.name for n, m in again.named_modules() if isinstance(m, QuantizedLayer)}
 
 
-def test_a_file_with_bad_timestep_scales_is_refused_and_the_model_untouched(calibrated, tmp_path):
+@pytest.mark.parametrize("options, key, bad, message", [
+    ({"timestep_groups": 2}, "conv_in.input_scales", lambda t: torch.tensor([1.0, 2.0, 3.0]),
+     "input_scales must hold 2"),
+    ({"weight_group_size": 8}, "conv_out.weight_scale", lambda t: torch.ones(t.shape[0], t.shape[1] + 1),
+     "conv_out: weight_scale must hold")])  # 10 groups of 72 weights: no group size makes 10
+def test_a_file_with_bad_scales_is_refused_and_the_model_untouched(calibrated, tmp_path, options, key, bad,
+                                                                   message):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    model, _ = _quantized(calibrated, timestep_groups=2)
+    model, _ = _quantized(calibrated, **options)
     path = save_quantized(model, tmp_path / "q.safetensors")
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     tensors = load_file(str(path))
-    tensors["conv_in.input_scales"] = torch.tensor([1.0, 2.0, 3.0])
+    tensors[key] = bad(tensors[key])
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
     fresh = _tiny_unet(seed=3)
     before = copy.deepcopy(fresh.state_dict())
-    with pytest.raises(ValueError, match="input_scales must hold 2"):
+    with pytest.raises(ValueError, match=message):
         load_quantized(fresh, tmp_path / "bad.safetensors")
     assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
     assert not hasattr(fresh, "timestep_groups")
@@ -283,7 +289,8 @@ def test_group_scales_are_each_groups_own_per_channel_search():
     x = torch.randn(2, 5, 6, 6)
     assert torch.allclose(q(x), nn.functional.conv2d(x, expected, conv.bias), atol=1e-6)
     per_channel = QuantizedLayer(conv, "fp4_e2m1", weight_scales(conv.weight, fmt))
-    assert (q.dequantized_weight - conv.weight).pow(2).sum() < (per_channel.dequantized_weight - conv.weight).pow(2).sum()
+    errors = [(layer.dequantized_weight - conv.weight).pow(2).sum() for layer in (q, per_channel)]
+    assert errors[0] < errors[1]
     with pytest.raises(ValueError, match=r"per group \(7, G\)"):
         QuantizedLayer(conv, "fp4_e2m1", torch.ones(7, 10))  # 10 groups fit no group size of 45 (9 would be 5)
 
@@ -305,25 +312,6 @@ def test_weight_group_size_lowers_the_trajectory_error_and_round_trips(calibrate
     extra = sum(4 * (m.weight_scale.numel() - m.weight_shape[0]) for m in layers.values())
     assert resident_weight_bytes(model) == resident_weight_bytes(per_channel) + extra > resident_weight_bytes(
         per_channel)
-
-
-def test_a_file_with_bad_group_scales_is_refused_and_the_model_untouched(calibrated, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    model, _ = _quantized(calibrated, weight_group_size=8)
-    path = save_quantized(model, tmp_path / "q.safetensors")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(str(path))
-    out, groups = tensors["conv_out.weight_scale"].shape
-    tensors["conv_out.weight_scale"] = torch.ones(out, groups + 1)
-    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
-    fresh = _tiny_unet(seed=3)
-    before = copy.deepcopy(fresh.state_dict())
-    with pytest.raises(ValueError, match="conv_out: weight_scale must hold"):
-        load_quantized(fresh, tmp_path / "bad.safetensors")
-    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
 
 
 @pytest.mark.parametrize("size", [0, -4, 2.5, True])
