@@ -253,7 +253,7 @@ def _quantize(args) -> int:
         raise ValueError(f"--pipeline-out {folder} exists and is not an empty folder: choose a new folder")
     pipe = load_pipeline()
     pipe.scheduler = from_config(args.scheduler, pipe.scheduler.config)
-    weights = tuple(args.weights.split(",")) if "," in args.weights else args.weights  # several: chosen per layer
+    weights = tuple(w.strip() for w in args.weights.split(",")) if "," in args.weights else args.weights
     result = quantize_pipeline(pipe, weights, None if args.activations == "none" else args.activations,
                                args.rounding, iterations=args.iterations, num_inference_steps=args.nfe,
                                guidance_scale=args.guidance, num_samples=args.samples, seed=args.seed,
@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="layers kept at 8-bit weights: first, last or layer names")
     quant.add_argument("--timestep-groups", type=int, default=1, help="input scales per group of timesteps")
     quant.add_argument("--group-size", type=int, default=None,
-                       help="one weight scale per this many input weights (default: one per output channel)")
+                       help="one weight scale per at most this many input weights, groups evened out "
+                       "(default: one per output channel)")
     quant.add_argument("--iterations", type=int, default=300, help="learned rounding: Adam steps per layer")
     quant.add_argument("--scheduler", default="dpm++2m", help="scheduler of the calibration trajectory")
     quant.add_argument("--nfe", type=int, default=10, help="steps of the calibration trajectory")

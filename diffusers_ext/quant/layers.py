@@ -1,5 +1,5 @@
 """Quantized Linear / Conv2d layers: weights on a low-bit grid with scales per output channel or per group of
-consecutive input weights (``weight_group_size``, as the microscaling FP4 formats MXFP4 / NVFP4 do), inputs
+consecutive input weights (``weight_group_size``, block scaling like MXFP4's / NVFP4's), inputs
 fake-quantized with one per-tensor scale (arXiv 2408.06995's W8A8 / W4A8 setting).
 
 Weights stay packed in memory (``weight_packed``, uint8): codes of up to 4 bits two per byte (the first in the
@@ -81,15 +81,17 @@ class QuantizedLayer(nn.Module):
         if self.activation_format is not None and input_scale is None:
             raise ValueError("an activation format needs an input scale (calibrate first)")
         weight = layer.weight.detach().float()
-        scale = weight_scale.detach().float()
-        scale = scale.reshape(len(weight), -1) if scale.ndim == 2 else scale.reshape(-1)
-        groups = scale.shape[1] if scale.ndim == 2 else 1
-        inner = math.prod(weight.shape[1:])
-        valid_groups = scale.ndim == 1 or group_count(weight.shape, math.ceil(inner / groups)) == groups
-        if len(scale) != weight.shape[0] or not valid_groups or not (scale > 0).all():
-            raise ValueError(f"weight_scale must hold positive scales per output channel ({weight.shape[0]},) or "
-                             f"per group ({weight.shape[0]}, G) with G = group_count(weight shape, group size), "
-                             f"got {tuple(weight_scale.shape)}")
+        scale, out, inner = weight_scale.detach().float(), weight.shape[0], math.prod(weight.shape[1:])
+        if scale.ndim == 2:  # per group: (out, G) with G one of the counts group_count makes for this shape
+            valid = (scale.shape[0] == out and 1 <= scale.shape[1] <= inner
+                     and group_count(weight.shape, math.ceil(inner / scale.shape[1])) == scale.shape[1])
+        else:
+            scale = scale.reshape(-1)
+            valid = len(scale) == out
+        if not valid or not (scale > 0).all():
+            raise ValueError(f"weight_scale must hold positive scales per output channel ({out},) or per group "
+                             f"({out}, G) with G = group_count({tuple(weight.shape)}, group size), got "
+                             f"{tuple(weight_scale.shape)}")
         grid = self.weight_format.round(weight / scale_view(scale, weight)) if weight_grid is None else weight_grid
         self.register_buffer("weight_packed", pack_weight_codes(self.weight_format.encode(grid),
                                                                 self.weight_format.bits))

@@ -111,9 +111,10 @@ def quantize(model: nn.Module, weights: str | Sequence[str] = "fp8_e4m3", activa
     block only where it reconstructs the calibration outputs better than round-to-nearest.
     keep_8bit: layers kept at 8-bit weights ("first", "last" or names): fp8_e4m3 for float formats, int8 for int.
     timestep_groups: input scales per group of calibration timesteps (``activations.py``); 1 = one scale.
-    weight_group_size: one weight scale per this many consecutive input weights of an output channel (the
-    microscaling of MXFP4 / NVFP4, blocks of 32 / 16) instead of one per channel, on every layer but the
-    ``keep_8bit`` ones; each scale is a float32 (32 / group size extra bits per weight).
+    weight_group_size: one weight scale per group of at most this many consecutive input weights of an output
+    channel (groups evened out: ``layers.group_count``) instead of one per channel, on every layer but the
+    ``keep_8bit`` ones: block scaling like MXFP4's / NVFP4's (blocks of 32 / 16), with float32 scales found by
+    the same clip search (about 32 / group size extra bits per weight).
     ``model.quantization_report`` counts the learned roundings kept and the formats chosen.
     """
     candidates = weight_candidates(weights)

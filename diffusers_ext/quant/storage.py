@@ -135,8 +135,9 @@ def _checked_layer(model: nn.Module, name: str, info, tensors: dict[str, torch.T
     if not torch.equal(fmt.round(grid), grid):
         raise ValueError(f"{name}.weight_packed: codes beyond the {fmt.name} grid (|value| <= {fmt.max_value})")
     scale = tensors.pop(f"{name}.weight_scale", None)
-    grouped = scale is not None and scale.dim() == 2 and scale.shape[0] == shape[0]  # (out, G): per group
-    scale = _positive_finite(scale, f"{name}.weight_scale", scale.numel() if grouped else shape[0])
+    grouped = scale is not None and scale.dim() == 2 and scale.shape[0] == shape[0] and scale.shape[1] > 0
+    what = f"{name}.weight_scale (({shape[0]},) per channel or ({shape[0]}, G) per group)"
+    scale = _positive_finite(scale, what, scale.numel() if grouped else shape[0])
     scale = scale.reshape(shape[0], -1) if grouped else scale
     input_scale = tensors.pop(f"{name}.input_scale", None)
     if activations is None and input_scale is not None:
