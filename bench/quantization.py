@@ -40,7 +40,7 @@ from diffusers_ext.results_log import append_row, read_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFE, GUIDANCE, SAMPLES, THREADS, REPEATS = 10, 1.0, 64, 1, 20
-CONFIGS = {  # name: (weights, activations, rounding[, quantize_pipeline keyword arguments])
+CONFIGS = {  # name: (weights, activations, rounding[, quantize_pipeline keyword arguments, or iterations])
     "fp32": None,
     "W8A8 FP8 (e4m3)": ("fp8_e4m3", "fp8_e4m3", "nearest"),
     "W8A8 INT8": ("int8", "int8", "nearest"),
@@ -56,6 +56,10 @@ CONFIGS = {  # name: (weights, activations, rounding[, quantize_pipeline keyword
     "W4A8 FP4 (e2m1), block, first/last 8-bit, int8 inputs": (
         "fp4_e2m1", "int8", "block", {"keep_8bit": ("first", "last")}),
     "W4A8 INT4, block, first/last 8-bit": ("int4", "int8", "block", {"keep_8bit": ("first", "last")}),
+    "W4A8 FP4 (e2m1), block, first/last 8-bit, 1500 iterations": (
+        "fp4_e2m1", "fp8_e4m3", "block", {"keep_8bit": ("first", "last"), "iterations": 1500}),
+    "W4A8 FP4 (e2m1), block, first/last 8-bit, a scale per 32 weights": (
+        "fp4_e2m1", "fp8_e4m3", "block", {"keep_8bit": ("first", "last"), "weight_group_size": 32}),
     "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs": (FP4_FORMATS, "int8", "block", {"timestep_groups": 4}),
     "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs, first/last 8-bit": (
         FP4_FORMATS, "int8", "block", {"timestep_groups": 4, "keep_8bit": ("first", "last")}),
@@ -69,9 +73,11 @@ def quantize_ours(name: str, iterations: int, rebuild: bool = False) -> tuple[ob
     spec = CONFIGS[name]
     pipe = load_pipeline(DPMSolverPPScheduler)
     weights, activations, rounding, *extra = spec or (None, None, "nearest")
+    options = dict(extra[0]) if extra else {}
+    iterations = options.pop("iterations", iterations)  # a row's own learning budget
     result = quantize_pipeline(pipe, weights, activations, "nearest" if rebuild else rounding, iterations=iterations,
                                num_inference_steps=NFE, guidance_scale=GUIDANCE, num_samples=8 if rebuild else SAMPLES,
-                               seed=0, progress=False, **(extra[0] if extra else {}))
+                               seed=0, progress=False, **options)
     row = {"library": "diffusers_ext", "weight_bits": 32 if spec is None else weight_candidates(weights)[0].bits,
            "float32_bytes": result["float32_bytes"], "relative_mse": result["relative_mse"],
            "mse_per_step": result["mse_per_step"]}
