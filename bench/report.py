@@ -334,6 +334,18 @@ def replace(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
+def quant_peak_table(result: dict) -> str:
+    """bench/quant_peak_memory.py's rows: peak memory of one pipeline call per UNet and batch, against fp32."""
+    fp32 = {r["batch"]: r["peak_bytes"] for r in result["rows"] if r["config"] == "fp32"}
+    lines = ["| UNet | batch | UNet resident KiB | call's allocations KiB | peak KiB (x fp32) |",
+             "|---|---|---|---|---|"]
+    for r in sorted(result["rows"], key=lambda r: r["batch"]):  # stable: file order within a batch
+        lines.append(f"| {r['config']} | {r['batch']} | {r['unet_resident_bytes'] / 1024:.0f} | "
+                     f"{r['call_peak_bytes'] / 1024:.0f} | {r['peak_bytes'] / 1024:.0f} "
+                     f"({r['peak_bytes'] / fp32[r['batch']]:.2f}x) |")
+    return "\n".join(lines)
+
+
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -363,6 +375,9 @@ def main():
     if (results / "quantization_digits.jsonl").exists():
         rows = read_rows(results / "quantization_digits.jsonl")
         text = replace(text, "quantization-digits", quantization_table(rows))
+    if (results / "quant_peak_memory.json").exists():
+        text = replace(text, "quant-peak-memory", quant_peak_table(json.loads((results / "quant_peak_memory.json")
+                                                                            .read_text())))
     for device in ("cpu", "cuda"):
         path = results / f"step_cost_{device}.json"
         if path.exists():
