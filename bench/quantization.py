@@ -60,6 +60,10 @@ CONFIGS = {  # name: (weights, activations, rounding[, quantize_pipeline keyword
         "fp4_e2m1", "fp8_e4m3", "block", {"keep_8bit": ("first", "last"), "iterations": 1500}),
     "W4A8 FP4 (e2m1), block, first/last 8-bit, a scale per 32 weights": (
         "fp4_e2m1", "fp8_e4m3", "block", {"keep_8bit": ("first", "last"), "weight_group_size": 32}),
+    "W4A8 FP4 (e2m1), block, first/last 8-bit, a scale per 64 weights": (
+        "fp4_e2m1", "fp8_e4m3", "block", {"keep_8bit": ("first", "last"), "weight_group_size": 64}),
+    "W4A8 INT4, block, first/last 8-bit, a scale per 32 weights": (
+        "int4", "int8", "block", {"keep_8bit": ("first", "last"), "weight_group_size": 32}),
     "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs": (FP4_FORMATS, "int8", "block", {"timestep_groups": 4}),
     "W4A8 FP4 per-layer format, block, 4 t-groups, int8 inputs, first/last 8-bit": (
         FP4_FORMATS, "int8", "block", {"timestep_groups": 4, "keep_8bit": ("first", "last")}),

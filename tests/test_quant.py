@@ -346,3 +346,18 @@ def test_fp8_input_quantization_is_the_emulation_bit_for_bit_with_a_small_peak(a
     inputs = torch.randn(1024, 256)
     q(inputs)
     assert call_peak_bytes(lambda: q(inputs)) <= 1.5 * inputs.numel() * 4
+
+
+def test_group_scales_add_no_weight_sized_copy_to_a_forward():
+    """Per-group scales are applied in the (out, G, group) layout: a forward's peak allocation is the
+    per-channel layer's, not one weight-sized float tensor more."""
+    from diffusers_ext.quant import call_peak_bytes
+
+    torch.manual_seed(0)
+    layer, fmt, x = nn.Linear(512, 512), get_format("fp4_e2m1"), torch.randn(1, 512)
+    peaks = []
+    for group_size in (None, 32):
+        q = QuantizedLayer(layer, "fp4_e2m1", weight_scales(layer.weight, fmt, group_size=group_size))
+        q(x)
+        peaks.append(call_peak_bytes(lambda q=q: q(x)))
+    assert peaks[1] <= peaks[0] + 4096 < peaks[0] + layer.weight.numel() * 4, peaks

@@ -45,6 +45,19 @@ def scale_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return scale.repeat_interleave(size, dim=1)[:, :inner].reshape(weight.shape)
 
 
+def apply_scale(grid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """grid * scale_view(scale, grid), per group without a weight-sized copy of the scales (one product in the
+    (out, G, group) layout; only a shorter last group pads)."""
+    if scale.ndim < 2:
+        return grid * scale_view(scale, grid)
+    out, groups, inner = grid.shape[0], scale.shape[1], math.prod(grid.shape[1:])
+    size = math.ceil(inner / groups)
+    flat = grid.reshape(out, inner)
+    if groups * size > inner:
+        flat = F.pad(flat, (0, groups * size - inner))
+    return (flat.reshape(out, groups, size) * scale[:, :, None]).reshape(out, -1)[:, :inner].reshape(grid.shape)
+
+
 @functools.cache
 def _code_values(fmt: FloatFormat | IntFormat, device: torch.device) -> torch.Tensor:
     """The float32 value of each of the 2^bits codes of ``fmt`` (shared by all layers of that format)."""
@@ -122,8 +135,7 @@ class QuantizedLayer(nn.Module):
     @property
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight grid * scale, decoded afresh at every access (nothing cached)."""
-        grid = self.decoded_grid()
-        return grid * scale_view(self.weight_scale.float(), grid)
+        return apply_scale(self.decoded_grid(), self.weight_scale.float())
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """fake_quantize(x, activation format, input scale); for the native float8 formats by a saturating cast
