@@ -26,36 +26,34 @@ QUANTIZABLE = (nn.Linear, nn.Conv2d)
 
 
 def group_count(weight_shape: tuple[int, ...], group_size: int) -> int:
-    """Scale groups per output channel for ``group_size`` weights each along the flattened input dimension
-    K = prod(weight_shape[1:]): G = ceil(K / group_size), the groups evened out to ceil(K / G) weights (the last
-    one may be shorter), so that ``scale_view`` recovers the layout from G alone."""
+    """Scale groups per output channel for at most ``group_size`` weights each along the flattened input
+    dimension K = prod(weight_shape[1:]): G = ceil(K / group_size), evened out to ceil(K / G) weights per group
+    (the last one may be shorter; it is never empty), so that the layout follows from G alone."""
     if group_size < 1:
         raise ValueError(f"weight_group_size must be >= 1 (weights per scale), got {group_size}")
-    inner = math.prod(weight_shape[1:])
-    return math.ceil(inner / math.ceil(inner / math.ceil(inner / group_size)))
-
-
-def scale_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weight scales shaped to broadcast against ``weight`` (out, ...): per output channel (out,), or per group
-    (out, G) of ceil(K / G) consecutive weights of the flattened input dimension K (``group_count``)."""
-    if scale.ndim < 2:
-        return scale.reshape(-1, *([1] * (weight.ndim - 1)))
-    inner = math.prod(weight.shape[1:])
-    size = math.ceil(inner / scale.shape[1])
-    return scale.repeat_interleave(size, dim=1)[:, :inner].reshape(weight.shape)
+    return math.ceil(math.prod(weight_shape[1:]) / group_size)
 
 
 def apply_scale(grid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """grid * scale_view(scale, grid), per group without a weight-sized copy of the scales (one product in the
-    (out, G, group) layout; only a shorter last group pads)."""
+    """``grid`` (out, ...) times its scales: per output channel (out,), or per group (out, G) of ceil(K / G)
+    consecutive weights of the flattened input dimension K (``group_count``), multiplied in the
+    (out, G, group) layout without a weight-sized copy of the scales (only a shorter last group pads)."""
     if scale.ndim < 2:
-        return grid * scale_view(scale, grid)
+        return grid * scale.reshape(-1, *([1] * (grid.ndim - 1)))
     out, groups, inner = grid.shape[0], scale.shape[1], math.prod(grid.shape[1:])
     size = math.ceil(inner / groups)
     flat = grid.reshape(out, inner)
     if groups * size > inner:
         flat = F.pad(flat, (0, groups * size - inner))
     return (flat.reshape(out, groups, size) * scale[:, :, None]).reshape(out, -1)[:, :inner].reshape(grid.shape)
+
+
+def scale_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The scales shaped to broadcast against ``weight`` (out, ...) (``apply_scale``'s layout): a view for
+    per-channel scales, a weight-sized tensor for per-group ones (for calibration, not per forward)."""
+    if scale.ndim < 2:
+        return scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    return apply_scale(weight.new_ones(weight.shape), scale)
 
 
 @functools.cache
