@@ -325,12 +325,18 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
         result.search = Score(f"S^3 schedule seeded with {' / '.join(seeded)} on the {best.name} grid",
                               errors[:num_calibration], errors[num_calibration:],
                               {"solver_schedule": searched.config.solver_schedule})
-        # a search over many schedules can find one that wins the median with a worse tail: both must hold
-        if beats_beyond_spread(result.search.validation, incumbent.validation, seed=seed) and \
-                result.search.validation_p90 <= incumbent.validation_p90:
+        if search_is_kept(result.search, incumbent, seed=seed):
             result.scheduler, result.chosen, result.search_kept = searched, result.search.name, True
     result.model_calls, result.seconds = calls, time.perf_counter() - start
     return result
+
+
+def search_is_kept(searched: Score, incumbent: Score, seed: int = 0) -> bool:
+    """The searched schedule replaces the incumbent only if its held-out median wins beyond the spread
+    (``beats_beyond_spread``) and its held-out 90th percentile is no worse: a search over many schedules can
+    find one that wins the median with a worse tail."""
+    return (beats_beyond_spread(searched.validation, incumbent.validation, seed=seed)
+            and searched.validation_p90 <= incumbent.validation_p90)
 
 
 def searched_schedule(model, scheduler_config, winner, winner_name: str, noise, reference, nfe: int,

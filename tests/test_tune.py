@@ -14,7 +14,7 @@ from diffusers_ext.results_log import read_rows
 from diffusers_ext.sampling import model_fn, reference_solve
 from diffusers_ext.schedulers import DPMSolverPPScheduler, UniPCScheduler
 from diffusers_ext.schedulers.engine.noise_schedules import FlowMatching
-from diffusers_ext.tuning import beats_beyond_spread, catalogue, tune
+from diffusers_ext.tuning import Score, beats_beyond_spread, catalogue, search_is_kept, tune
 
 SHAPE = (2, 4, 4)
 
@@ -95,8 +95,7 @@ def test_search_stage_starts_from_the_winner_and_is_kept_only_beyond_the_spread(
     winner = result.report[0]
     # measured: the search lowers the calibration median 0.164 -> 0.061 (its seeds include the winner itself)
     assert searched.calibration_median < 0.5 * winner.calibration_median
-    assert result.search_kept == (beats_beyond_spread(searched.validation, winner.validation)
-                                  and searched.validation_p90 <= winner.validation_p90)
+    assert result.search_kept == search_is_kept(searched, winner)
     assert result.search_kept and isinstance(result.scheduler, USFScheduler)
     assert result.chosen == searched.name and "S^3" in result.table()
     # the chosen schedule survives save / load and samples what was scored
@@ -220,3 +219,14 @@ def test_cli_bad_model(tmp_path, capsys):
     assert main(["tune", "--model", "gmm", "--nfe", "4", "--search", "-1", "--out", str(tmp_path / "out")]) == 2
     assert "search_schedules must be an integer >= 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_searched_schedule_with_a_better_median_but_a_worse_tail_is_not_kept():
+    rng = np.random.default_rng(0)
+    incumbent = Score("winner", [], list(rng.uniform(1.0, 2.0, 64)))
+    better = Score("search", [], [e * 0.5 for e in incumbent.validation])  # every sample better
+    assert search_is_kept(better, incumbent)
+    worse_tail = Score("search", [], sorted(better.validation)[:-8] + [10.0] * 8)  # median as good, top 1/8 worse
+    assert worse_tail.validation_median == better.validation_median and worse_tail.validation_p90 > 2.0
+    assert beats_beyond_spread(worse_tail.validation, incumbent.validation)  # the median rule alone would keep it
+    assert not search_is_kept(worse_tail, incumbent)
