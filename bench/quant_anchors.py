@@ -113,10 +113,9 @@ ANCHORS = {
 }
 
 
-def resident_bytes(module: nn.Module) -> int:
-    """Resident bytes of ``module``'s weights: ``diffusers_ext.quant.resident_weight_bytes`` (each storage once and
-    in full; the tensor subclasses of quanto and torchao counted by their inner tensors), for every row alike."""
-    return resident_weight_bytes(module)
+# resident bytes of a module's weights, one measurement for every row (each storage once and in full; the tensor
+# subclasses of quanto and torchao counted by their inner tensors)
+resident_bytes = resident_weight_bytes
 
 
 @torch.no_grad()

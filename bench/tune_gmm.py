@@ -61,8 +61,10 @@ def main():
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--search", type=int, default=0,
                         help="tune's S^3 stage: schedules to search from the winner (default 0: off)")
-    parser.add_argument("--out", default=str(RESULTS / "tune_gmm.json"))
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default tune_gmm.json, with --search tune_gmm_search.json)")
     args = parser.parse_args()
+    args.out = args.out or str(RESULTS / ("tune_gmm_search.json" if args.search else "tune_gmm.json"))
     seeds = list(range(100, 100 + args.seeds))
     baselines = named_set("diffusers-best")
     results = {"settings": vars(args) | {"held_out_seeds": seeds}, "models": {}}

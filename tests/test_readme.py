@@ -92,6 +92,9 @@ def _llada_stand_ins():
     return {"model": _UniformLM(len(tokenizer), tokenizer.mask_token_id), "tokenizer": tokenizer}
 
 
+_FOLDERS = []  # the stand-ins' saved pipelines (TemporaryDirectory: removed when the test process exits)
+
+
 def _tiny_sd_pipeline():
     """A Stable Diffusion pipeline of tiny random components (8x8 latents), as diffusers' fast tests build one."""
     import tempfile
@@ -101,7 +104,9 @@ def _tiny_sd_pipeline():
     from tests.helpers import tiny_stable_diffusion
 
     source = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
-    return tiny_stable_diffusion(Path(tempfile.mkdtemp()), source)
+    folder = tempfile.TemporaryDirectory()
+    _FOLDERS.append(folder)
+    return tiny_stable_diffusion(Path(folder.name), source)
 
 
 STAND_INS = {SWAP: lambda: {"pipe": _tiny_ddpm_pipeline()}, DC: lambda: {"pipe": _digits_pipeline()},
