@@ -111,14 +111,16 @@ def cell_filter(specs, nfes, guidances, seeds, samples):
 def diffusers_best_rows(summary: list[dict]) -> list[dict]:
     """Per (guidance, NFE) of a sweep summary (``eval.sweep.summarize``), the row of the registry's ``diffusers-best``
     option with the lowest mean, relabelled ``gmm_accuracy.BEST`` with the option's label under ``"option"``; only
-    where all the options were measured (the pick is made on the test seeds themselves, which favours diffusers)."""
+    where all the options were measured on all the seeds the options have (a cell still running is left out; the
+    pick is made on the test seeds themselves, which favours diffusers)."""
     from diffusers_ext.eval.gmm_accuracy import BEST
     from diffusers_ext.registry import named_set
 
     label = {spec: name for name, spec in named_set("diffusers-best").items()}
+    seeds = max((r["seeds"] for r in summary if r["scheduler"] in label), default=0)
     cells: dict[tuple, list[dict]] = {}
     for r in summary:
-        if r["scheduler"] in label:
+        if r["scheduler"] in label and r["seeds"] == seeds:
             cells.setdefault((r["guidance"], r["nfe"]), []).append(r)
     best = [min(rs, key=lambda r: r["mean"]) for _, rs in sorted(cells.items()) if len(rs) == len(label)]
     return [{**r, "scheduler": BEST.format(n=len(label)), "option": label[r["scheduler"]]} for r in best]
@@ -202,7 +204,7 @@ def best_table(rows: list[dict]) -> str:
 
     label = {spec: name for name, spec in named_set("diffusers-best").items()}
     summary = summarize(rows)
-    seeds = max((r["seeds"] for r in summary), default=0)  # an option's cell that is still running is left out
+    seeds = max((r["seeds"] for r in summary if r["scheduler"] in label), default=0)  # a running cell is left out
     summary = [r for r in summary if r["scheduler"] not in label or r["seeds"] == seeds]
     best = diffusers_best_rows(summary)
     nfes = sorted({r["nfe"] for r in summary})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffusers_ext.eval.gmm_accuracy import BEST, endpoint_scores, gmm_accuracy, held_out_noise, markdown_table
+from diffusers_ext.eval.sweep import summarize
 from diffusers_ext.models.gmm import GaussianMixtureDenoiser
 from diffusers_ext.registry import make_scheduler, named_set
 from diffusers_ext.sampling import model_fn, sample
@@ -116,7 +117,7 @@ def test_cell_rows_prefers_keyed_rows(tmp_path):
 def test_best_table_picks_diffusers_best_per_nfe_and_guidance(tmp_path):
     results_io = _load("results_io")
     options = named_set("diffusers-best")
-    rows = [_row("ours", n, s, 1.0 + s) for n in (4, 5) for s in (1, 2)]
+    rows = [_row("ours", n, s, 1.0 + s) for n in (4, 5) for s in (1, 2)] + [_row("ours", 4, 3, 2.5)]  # 3 seeds
     for i, spec in enumerate(options.values()):  # option i: FID 10 + i at NFE 4, 30 - i at NFE 5
         rows += [_row(spec, 4, s, 10.0 + i + s) for s in (1, 2)] + [_row(spec, 5, s, 30.0 - i + s) for s in (1, 2)]
     rows += [_row(spec, 4, s, 1.0, guidance=3.0) for spec in list(options.values())[:17] for s in (1, 2)]
@@ -131,7 +132,10 @@ def test_best_table_picks_diffusers_best_per_nfe_and_guidance(tmp_path):
     assert lines[at + 1] == f"| ↳ option | 1 | {first} | {last} |"
     assert f"| {label} | 3 |" not in table  # guidance 3 lacks a seed of one option: no best, nor that cell
     assert f"| {list(options)[17]} | 3 |" not in table and f"| {list(options)[0]} | 3 | 1 ± 0 |" in table
-    assert lines[2] == "| ours | 1 | 2.5 ± 0.71 | 2.5 ± 0.71 |"
+    assert lines[2] == "| ours | 1 | 2.5 ± 0.5 | 2.5 ± 0.71 |"
+    summary = summarize(results_io.cell_rows(path))  # the plot's pick: the same cells as the table's
+    assert [(r["guidance"], r["nfe"], r["option"]) for r in results_io.diffusers_best_rows(summary)] == [
+        (1.0, 4, list(options)[0]), (1.0, 5, list(options)[-1])]
     assert "<details><summary>diffusers' 18 options</summary>" in table and f"| {list(options)[0]} | 1 |" in table
 
 
