@@ -76,8 +76,8 @@ def tune_search_table(plain: dict, searched: dict) -> str:
     lines = [f"| model | NFE | tune | median / flips / RMSE | tune --search {n} | median / flips / RMSE | "
              "S^3 schedule kept | ratio to diffusers best: without / with |", "|---|---|---|---|---|---|---|---|"]
 
-    def cell(r):
-        return f"{r['median']:.3g} / {r['flips']} / {r['rmse']:.3g}"
+    def cell(r):  # None: most samples diverged
+        return " / ".join("-" if r[k] is None else f"{r[k]:.3g}" for k in ("median", "flips", "rmse"))
 
     for model, rows in searched["models"].items():
         for nfe, row in rows.items():

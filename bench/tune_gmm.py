@@ -17,6 +17,7 @@ component count and widths).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,11 @@ def score(model, scheduler, noise, exact, nfe, seeds):
     x = sample(model_fn(model), scheduler, noise, nfe)
     assert abs(float(scheduler.timesteps[0]) - 999.0) < 1.0, "every sampler starts at t = 999 (the exact endpoint's)"
     return endpoint_scores(model, x, exact, len(seeds))
+
+
+def _median(scores: dict) -> float:
+    """A row's median per-sample error; inf where most samples diverged (``endpoint_scores`` gives None)."""
+    return math.inf if scores["median"] is None else scores["median"]
 
 
 def main():
@@ -91,11 +97,11 @@ def main():
                                                                    seeds)
             for label, spec in baselines.items():
                 row[label] = score(model, make_scheduler(spec), noise, exact, nfe, seeds)
-            best = min((k for k in row if k.startswith("diffusers")), key=lambda k: row[k]["median"])
+            best = min((k for k in row if k.startswith("diffusers")), key=lambda k: _median(row[k]))
             row["diffusers best"] = {"scheduler": best, **row[best]}
-            row["ratio tuned / diffusers best"] = row["tuned"]["median"] / row[best]["median"]
+            row["ratio tuned / diffusers best"] = _median(row["tuned"]) / _median(row[best])
             rows[str(nfe)] = row
-            presets = {k: v["median"] / row[best]["median"] for k, v in row.items() if k.startswith("preset")}
+            presets = {k: _median(v) / _median(row[best]) for k, v in row.items() if k.startswith("preset")}
             row["ratio preset / diffusers best"] = presets
             print(f"{name} NFE {nfe}: presets / diffusers best {presets}")
             print(f"{name} NFE {nfe}: tuned {tuned.chosen} {row['tuned']['median']:.4g} (flips "

@@ -160,3 +160,15 @@ def test_usf_committed_best_is_the_shipped_digits_schedules():
 
     shipped = json.loads(open(SHIPPED_SCHEDULES["digits"]).read())
     assert {str(n): s for n, s in usf.committed_best("digits").items()} == shipped
+
+
+def test_a_diverged_option_ranks_last_and_shows_as_a_dash():
+    """endpoint_scores gives None where most samples diverge: tune_gmm ranks it last, the search table prints -."""
+    tune_gmm, report = _load("tune_gmm"), _load("report")
+    rows = {"diffusers a": {"median": None}, "diffusers b": {"median": 0.2}}
+    assert min(rows, key=lambda k: tune_gmm._median(rows[k])) == "diffusers b"
+    tuned = {"scheduler": "x", "median": None, "flips": 256, "rmse": None}
+    row = {"tuned": tuned, "ratio tuned / diffusers best": 2.0}
+    result = {"settings": {"search": 4}, "models": {"gmm": {"5": row}}}
+    assert "| gmm | 5 | x | - / 256 / - | x | - / 256 / - | no | 2.00x / **2.00x** |" in report.tune_search_table(
+        result, result)
