@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -223,7 +222,7 @@ def tune(model, nfe: int, *, scheduler_config=None, sample_shape: Sequence[int] 
         raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
     if num_calibration < 1 or num_validation < 1:
         raise ValueError(f"num_calibration and num_validation must be >= 1, got {num_calibration}, {num_validation}")
-    if isinstance(search_schedules, bool) or not isinstance(search_schedules, numbers.Integral) or search_schedules < 0:
+    if not isinstance(search_schedules, int) or isinstance(search_schedules, bool) or search_schedules < 0:
         raise ValueError(f"search_schedules must be an integer >= 0 (0: no search), got {search_schedules!r}")
     start = time.perf_counter()
     total = num_calibration + num_validation
